@@ -1,0 +1,142 @@
+"""`failrecov`: the command-line entry point.
+
+Schema tools and the demo; later issues add train, datagen, launch and eval subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from failrecov_ros.core.labels import diagnose_any
+from failrecov_ros.core.outputs_file import read_outputs
+from failrecov_ros.core.schema import MODEL_OUTPUT_SCHEMA, RECORD_SCHEMA
+
+PACKAGE = "failrecov_ros"
+
+
+def _share_dir() -> Path:
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory(PACKAGE))
+
+
+def _executable(name: str) -> str:
+    from ament_index_python.packages import get_package_prefix
+
+    path = Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: was the package built with colcon?")
+    return str(path)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON schema models are constrained to (or the full record schema)."""
+    print(json.dumps(RECORD_SCHEMA if args.record else MODEL_OUTPUT_SCHEMA, indent=2))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a JSON Lines file of model outputs; exit 1 when any is invalid."""
+    try:
+        records = read_outputs(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    invalid = 0
+    for index, record in enumerate(records):
+        diagnosis = diagnose_any(record["text"])
+        if diagnosis.is_unknown:
+            invalid += 1
+            print(f"{index}: INVALID {diagnosis.error}")
+        else:
+            print(f"{index}: ok {diagnosis.failure_type.value} {diagnosis.correction.kind.value}")
+    print(f"{len(records) - invalid} valid, {invalid} invalid")
+    return 1 if invalid else 0
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGINT, wait, then SIGKILL (rclpy executors may ignore SIGTERM)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Round-trip recorded model outputs through the schema and real DDS between two processes.
+
+    Until the simulated closed loop exists this is the end-to-end path that does: parse and
+    validate each output, publish it as a FailureDiagnosis from one process, receive and
+    re-validate it in another, and summarise.
+    """
+    outputs = Path(args.outputs or _share_dir() / "config" / "demo_model_outputs.jsonl")
+    records = read_outputs(outputs)
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="failrecov_demo_") as tmp:
+        summary_path = Path(tmp) / "summary.json"
+        print(f"demo: {len(records)} model outputs from {outputs}")
+        echo = subprocess.Popen(
+            [_executable("diagnosis_echo"), "--ros-args", "-p",
+             f"expected_count:={len(records)}", "-p", f"summary_file:={summary_path}"], env=env)
+        try:
+            replay = subprocess.run(
+                [_executable("diagnosis_replay"), "--ros-args", "-p", f"input_file:={outputs}",
+                 "-p", "wait_for_subscribers:=1", "-p", f"rate_hz:={args.rate}"],
+                env=env, timeout=args.timeout)
+            deadline = time.monotonic() + args.timeout
+            while echo.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            _stop(echo)
+        if replay.returncode != 0 or not summary_path.exists():
+            print(f"demo: FAILED (replay exit {replay.returncode}, echo exit {echo.returncode})")
+            return 1
+        summary = json.loads(summary_path.read_text())
+    print("\n  failure_type     count")
+    for name, count in sorted(summary["by_type"].items()):
+        print(f"  {name:16s} {count:5d}")
+    unknown = summary["by_type"].get("unknown", 0)
+    print(f"\ndemo: sent {len(records)}, received {summary['received']} over DDS, "
+          f"{summary['received'] - unknown} valid, {unknown} rejected as unknown, "
+          f"{summary['invalid_messages']} messages breaking the schema")
+    return 0 if summary["received"] == len(records) and summary["invalid_messages"] == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and shell completion)."""
+    parser = argparse.ArgumentParser(prog="failrecov", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("schema", help="print the diagnosis JSON schema")
+    p.add_argument("--record", action="store_true", help="full record schema (with context)")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("validate", help="validate a JSON Lines file of model outputs")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("demo", help="run the end-to-end demo")
+    p.add_argument("--outputs", help="JSON Lines model outputs (default: the packaged sample)")
+    p.add_argument("--rate", type=float, default=20.0, help="publish rate, Hz")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds before giving up")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ROS-free core: schema, taxonomy, label formats. Never imports rclpy or message packages."""

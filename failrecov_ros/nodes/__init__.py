@@ -1,0 +1,1 @@
+"""Thin rclpy executables: declare parameters, convert messages, wire QoS, call the core."""

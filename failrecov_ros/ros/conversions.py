@@ -1,0 +1,112 @@
+"""FailureDiagnosis message <-> core Diagnosis."""
+
+from __future__ import annotations
+
+from builtin_interfaces.msg import Time
+
+from failrecov_ros.core.schema import (
+    Correction,
+    CorrectionKind,
+    Diagnosis,
+    GripperCommand,
+    validate,
+)
+from failrecov_ros.msg import Correction as CorrectionMsg
+from failrecov_ros.msg import CorrectionDirective, FailureDiagnosis
+
+_KIND_TO_MSG = {
+    CorrectionKind.NONE: CorrectionMsg.KIND_NONE,
+    CorrectionKind.EE_DELTA: CorrectionMsg.KIND_EE_DELTA,
+    CorrectionKind.DIRECTIVE: CorrectionMsg.KIND_DIRECTIVE,
+    CorrectionKind.REPLAN: CorrectionMsg.KIND_REPLAN,
+    CorrectionKind.NEEDS_HELP: CorrectionMsg.KIND_NEEDS_HELP,
+}
+_KIND_FROM_MSG = {v: k for k, v in _KIND_TO_MSG.items()}
+_GRIPPER_TO_MSG = {
+    GripperCommand.NONE: CorrectionDirective.GRIPPER_NONE,
+    GripperCommand.CLOSE: CorrectionDirective.GRIPPER_CLOSE,
+    GripperCommand.OPEN: CorrectionDirective.GRIPPER_OPEN,
+}
+_GRIPPER_FROM_MSG = {v: k for k, v in _GRIPPER_TO_MSG.items()}
+
+
+def ns_to_time(stamp_ns: int) -> Time:
+    """Nanoseconds since the epoch to builtin_interfaces/Time."""
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+def time_to_ns(stamp: Time) -> int:
+    """builtin_interfaces/Time to nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def diagnosis_to_msg(diagnosis: Diagnosis) -> FailureDiagnosis:
+    """Build the message; the header stamp is the analysed window's last frame."""
+    msg = FailureDiagnosis()
+    msg.header.stamp = ns_to_time(diagnosis.stamp_ns)
+    msg.header.frame_id = diagnosis.frame_id
+    msg.window_start = ns_to_time(diagnosis.window_start_ns)
+    msg.window_frames = diagnosis.window_frames
+    msg.episode_id = diagnosis.episode_id
+    msg.task = diagnosis.task
+    msg.instruction = diagnosis.instruction
+    msg.skill = diagnosis.skill
+    msg.stage = diagnosis.stage
+    msg.failed = diagnosis.failed
+    msg.failure_type = diagnosis.failure_type.value
+    msg.confidence = float(diagnosis.confidence)
+    msg.summary = diagnosis.summary
+    msg.correction = correction_to_msg(diagnosis.correction)
+    msg.model_name = diagnosis.model_name
+    msg.latency_s = float(diagnosis.latency_s)
+    msg.raw_output = diagnosis.raw_output
+    msg.error = diagnosis.error
+    return msg
+
+
+def correction_to_msg(correction: Correction) -> CorrectionMsg:
+    """Core correction to its message."""
+    msg = CorrectionMsg()
+    msg.kind = _KIND_TO_MSG[correction.kind]
+    msg.has_ee_delta = correction.ee_delta is not None
+    if correction.ee_delta is not None:
+        msg.ee_delta = [float(v) for v in correction.ee_delta]
+        msg.ee_frame = correction.ee_frame
+    msg.has_directive = correction.directive is not None
+    if correction.directive is not None:
+        d = correction.directive
+        msg.directive = CorrectionDirective(
+            dir_x=d.dir_x, bins_x=d.bins_x, dir_y=d.dir_y, bins_y=d.bins_y, dir_z=d.dir_z,
+            bins_z=d.bins_z, gripper_command=_GRIPPER_TO_MSG[d.gripper], keyframe=d.keyframe)
+    else:
+        msg.directive.keyframe = -1
+    return msg
+
+
+def msg_to_diagnosis(msg: FailureDiagnosis) -> Diagnosis:
+    """Message to a validated Diagnosis; raises SchemaError if the message breaks the schema."""
+    c = msg.correction
+    correction: dict = {"kind": _KIND_FROM_MSG.get(c.kind, f"<invalid kind {c.kind}>")}
+    if isinstance(correction["kind"], CorrectionKind):
+        correction["kind"] = correction["kind"].value
+    if c.has_ee_delta:
+        correction["ee_delta"] = [float(v) for v in c.ee_delta]
+        correction["ee_frame"] = c.ee_frame
+    if c.has_directive:
+        d = c.directive
+        gripper = _GRIPPER_FROM_MSG.get(d.gripper_command)
+        correction["directive"] = {
+            "dir_x": d.dir_x, "bins_x": d.bins_x, "dir_y": d.dir_y, "bins_y": d.bins_y,
+            "dir_z": d.dir_z, "bins_z": d.bins_z, "keyframe": d.keyframe,
+            "gripper": gripper.value if gripper else f"<invalid {d.gripper_command}>"}
+    record = {
+        "failed": msg.failed, "failure_type": msg.failure_type, "stage": msg.stage,
+        "confidence": float(msg.confidence), "summary": msg.summary, "correction": correction,
+        "episode_id": msg.episode_id, "task": msg.task, "instruction": msg.instruction,
+        "skill": msg.skill, "stamp_ns": time_to_ns(msg.header.stamp),
+        "window_start_ns": time_to_ns(msg.window_start), "window_frames": msg.window_frames,
+        "frame_id": msg.header.frame_id, "model_name": msg.model_name,
+        "latency_s": float(msg.latency_s), "raw_output": msg.raw_output, "error": msg.error,
+    }
+    return validate(record, record=True)
+
