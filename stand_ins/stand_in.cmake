@@ -23,7 +23,7 @@ macro(failrecov_stand_in_interfaces)
   foreach(_dep ${ARGN})
     find_package(${_dep} REQUIRED)
   endforeach()
-  file(GLOB _interfaces RELATIVE "${CMAKE_CURRENT_SOURCE_DIR}"
+  file(GLOB _interfaces CONFIGURE_DEPENDS RELATIVE "${CMAKE_CURRENT_SOURCE_DIR}"
     "${CMAKE_CURRENT_SOURCE_DIR}/msg/*.msg" "${CMAKE_CURRENT_SOURCE_DIR}/action/*.action")
   list(SORT _interfaces)
   rosidl_generate_interfaces(${PROJECT_NAME} ${_interfaces} DEPENDENCIES ${ARGN})

@@ -118,7 +118,14 @@ _FAILSAFE_TYPE_NAMES = {
     FailureType.ROTATION_PITCH: "rotation y",
     FailureType.ROTATION_YAW: "rotation z",
 }
-_FAILSAFE_TYPES = {v: k for k, v in _FAILSAFE_TYPE_NAMES.items()}
+# Also the paper's dataset category names (Table I: "No-ops", "Trans x", "Rot x", ...).
+_FAILSAFE_TYPES = {
+    **{v: k for k, v in _FAILSAFE_TYPE_NAMES.items()},
+    "no-ops": FailureType.STALL, "noop": FailureType.STALL,
+    **{f"trans {a}": FailureType(f"translation_{a}") for a in "xyz"},
+    **{f"rot {a}": t for a, t in zip("xyz", (FailureType.ROTATION_ROLL, FailureType.ROTATION_PITCH,
+                                             FailureType.ROTATION_YAW), strict=True)},
+}
 _FAILSAFE = re.compile(
     r"^\s*Sub-task:\s*(?P<stage>[^.]*)\.\s*<?(?P<answer>yes|no)>?\s*"
     r"(?:,\s*(?P<type>[^.]+?)\s*\.\s*(?P<delta>\(?[-+0-9.eE,\s]+\)?))?\s*\.?\s*$",

@@ -1,0 +1,40 @@
+"""The `failrecov` command: schema output, validation exit codes, and the demo end to end."""
+
+import json
+import subprocess
+import sys
+
+from failrecov_ros.cli import main
+from failrecov_ros.core.schema import MODEL_OUTPUT_SCHEMA
+
+
+def test_schema_command_prints_the_schema(capsys):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == MODEL_OUTPUT_SCHEMA
+
+
+def test_validate_reports_each_line_and_fails_on_invalid(tmp_path, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"text": "Sub-task: grasp.<No>."}) + "\n")
+    assert main(["validate", str(good)]) == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "Sub-task: grasp.<No>."}) + "\n"
+                   + json.dumps({"text": "RESULT=PERHAPS;"}) + "\n")
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "1: INVALID" in out and "1 valid, 1 invalid" in out
+
+
+def test_validate_names_the_broken_line(tmp_path, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "ok"}\n{not json\n')
+    assert main(["validate", str(broken)]) == 2
+    assert f"{broken}:2: not a JSON object" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_over_dds():
+    result = subprocess.run([sys.executable, "-m", "failrecov_ros.cli", "demo", "--rate", "50"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo: sent 8, received 8 over DDS, 5 valid, 3 rejected as unknown, " \
+           "0 messages breaking the schema" in result.stdout
