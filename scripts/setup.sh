@@ -59,6 +59,7 @@ for pkg in control_msgs franka_msgs; do
     base_paths+=("stand_ins/$pkg")
   fi
 done
+mkdir -p "$ROOT/log"
 log "colcon build (${base_paths[*]})"
 colcon --log-base "$ROOT/log" build --base-paths "${base_paths[@]}" \
   --build-base "$ROOT/build" --install-base "$ROOT/install" \
