@@ -1,0 +1,1 @@
+"""Evaluation: metrics with the papers' definitions (ROS-free)."""

@@ -1,0 +1,147 @@
+"""Diagnosis-quality metrics with the papers' own definitions (DIGEST sections 1.5, 3.5, 6.2).
+
+Each function takes aligned sequences of predicted and ground-truth :class:`Diagnosis` and
+returns a float in [0, 1] (cosine in [-1, 1]); a rejected (``unknown``) prediction is simply
+wrong. Functions raise ValueError on misaligned or empty inputs rather than return a number
+that means nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from failrecov_ros.core.schema import Diagnosis, Directive
+from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, family
+
+#: Dream2Fix partial-credit cap on the bin difference.
+DREAM2FIX_CAP = 3
+_D2F_TRANSLATION = (FailureType.TRANSLATION_X, FailureType.TRANSLATION_Y)
+
+
+def _pairs(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]):
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predictions for {len(truth)} labels")
+    if not truth:
+        raise ValueError("no samples to score")
+    return list(zip(predicted, truth, strict=True))
+
+
+def binary_accuracy(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
+    """Success/failure detection accuracy (Dream2Fix BinSucc, FailSafe "binary success")."""
+    pairs = _pairs(predicted, truth)
+    return sum(not p.is_unknown and p.failed == t.failed for p, t in pairs) / len(pairs)
+
+
+def type_axis_accuracy(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
+    """FailSafe "accuracy": failure mode and axis both right, over all samples.
+
+    A success sample counts as right when the prediction is also a success, which is why a
+    model that always answers "no failure" scores its binary accuracy here (FailSafe Table V).
+    """
+    pairs = _pairs(predicted, truth)
+    return sum(p.failure_type == t.failure_type for p, t in pairs) / len(pairs)
+
+
+def type_accuracy(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
+    """Failure family right (translation, rotation, gripper, ...), axis ignored."""
+    pairs = _pairs(predicted, truth)
+    return sum(family(p.failure_type) == family(t.failure_type) for p, t in pairs) / len(pairs)
+
+
+def _axis_score(pred: Directive, gt: Directive, axis: str, cap: int) -> float:
+    """s_u = 1(dir_gt == dir_pred) * max(0, 1 - |n_gt - n_pred| / cap)."""
+    d_gt, d_pred = getattr(gt, f"dir_{axis}"), getattr(pred, f"dir_{axis}")
+    n_gt, n_pred = getattr(gt, f"bins_{axis}"), getattr(pred, f"bins_{axis}")
+    return float(d_gt == d_pred) * max(0.0, 1.0 - abs(n_gt - n_pred) / cap)
+
+
+def dream2fix_correction_score(predicted: Diagnosis, truth: Diagnosis,
+                               keyframe_tolerance: int = 2, cap: int = DREAM2FIX_CAP) -> float:
+    """Dream2Fix correction accuracy of one sample, with partial credit.
+
+    Translation: (s_type + s_stage + s_x + s_y) / 4; gripper: (s_type + s_stage + s_k) / 3,
+    s_k = 1(|k_gt - k_pred| <= keyframe_tolerance) (the paper's delta_k, unpublished). s_type
+    is TYPE=translation for translations and the exact MODE for gripper failures (at least as
+    strict as the paper's TYPE field).
+    """
+    if predicted.is_unknown:
+        return 0.0
+    gt_dir = truth.correction.directive or Directive()
+    pred_dir = predicted.correction.directive or Directive()
+    s_stage = float(predicted.stage == truth.stage)
+    if truth.failure_type in _D2F_TRANSLATION:
+        s_type = float(predicted.failure_type in _D2F_TRANSLATION)
+        return (s_type + s_stage + _axis_score(pred_dir, gt_dir, "x", cap)
+                + _axis_score(pred_dir, gt_dir, "y", cap)) / 4
+    if truth.failure_type in GRIPPER_TYPES:
+        s_type = float(predicted.failure_type == truth.failure_type)
+        s_k = float(pred_dir.keyframe >= 0
+                    and abs(gt_dir.keyframe - pred_dir.keyframe) <= keyframe_tolerance)
+        return (s_type + s_stage + s_k) / 3
+    raise ValueError(f"Dream2Fix correction accuracy is defined for translation and gripper "
+                     f"failures, not {truth.failure_type.value!r}")
+
+
+def dream2fix_correction_accuracy(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis],
+                                  keyframe_tolerance: int = 2,
+                                  cap: int = DREAM2FIX_CAP) -> float:
+    """Mean correction score over the samples whose label is a Dream2Fix failure type."""
+    scored = [dream2fix_correction_score(p, t, keyframe_tolerance, cap)
+              for p, t in _pairs(predicted, truth)
+              if t.failure_type in _D2F_TRANSLATION or t.failure_type in GRIPPER_TYPES]
+    if not scored:
+        raise ValueError("no translation or gripper failures among the labels")
+    return sum(scored) / len(scored)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity; 0 when either vector is zero (an all-zero dA recovers nothing)."""
+    if len(a) != len(b):
+        raise ValueError(f"vectors of length {len(a)} and {len(b)}")
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norm if norm > 0 else 0.0
+
+
+def delta_cosine(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
+    """FailSafe dA cosine: mean cosine of predicted and true 7-DoF deltas.
+
+    Over the failures labelled with a delta; a prediction without one counts as the zero vector.
+    """
+    values = [cosine(p.correction.ee_delta or (0.0,) * 7, t.correction.ee_delta)
+              for p, t in _pairs(predicted, truth)
+              if t.failed and t.correction.ee_delta is not None]
+    if not values:
+        raise ValueError("no failures with an end-effector delta among the labels")
+    return sum(values) / len(values)
+
+
+def rouge_l(candidate: str, reference: str, beta: float = 1.0) -> float:
+    """ROUGE-L F-measure over lower-cased whitespace tokens (longest common subsequence)."""
+    c, r = candidate.lower().split(), reference.lower().split()
+    if not c or not r:
+        return float(c == r)
+    previous = [0] * (len(r) + 1)
+    for token in c:
+        current = [0]
+        for j, ref_token in enumerate(r, start=1):
+            current.append(previous[j - 1] + 1 if token == ref_token
+                           else max(previous[j], current[j - 1]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(c), lcs / len(r)
+    return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+
+
+def family_confusion(predicted: Sequence[Diagnosis],
+                     truth: Sequence[Diagnosis]) -> dict[tuple[str, str], int]:
+    """Counts of (true family, predicted family) pairs, for confusion matrices."""
+    counts: dict[tuple[str, str], int] = {}
+    for p, t in _pairs(predicted, truth):
+        key = (family(t.failure_type).value, family(p.failure_type).value)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+

@@ -1,0 +1,128 @@
+"""Metric functions against hand-computed cases (DIGEST 1.5 and 3.5 definitions)."""
+
+import math
+
+import pytest
+
+from failrecov_ros.core.labels import parse_dream2fix, parse_failsafe
+from failrecov_ros.core.schema import Diagnosis
+from failrecov_ros.evaluation import metrics
+
+
+def d2f(text):
+    return parse_dream2fix(text)
+
+
+OK = parse_failsafe("Sub-task: grasp.<No>.")
+UNKNOWN = Diagnosis.unknown("bad output")
+TRANS_GT = d2f("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_X=+x; FIX_N_X=2; "
+               "FIX_DIR_Y=+y; FIX_N_Y=3;")
+GRIP_GT = d2f("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=delay_close; FIX_G=CLOSE; KF_GT=31;")
+
+
+def test_binary_and_type_accuracy():
+    truth = [OK, TRANS_GT, GRIP_GT, OK]
+    predicted = [OK, GRIP_GT, UNKNOWN, TRANS_GT]
+    # right: OK/OK (1), failure/failure (2); unknown is wrong; failure on a success is wrong
+    assert metrics.binary_accuracy(predicted, truth) == 0.5
+    # exact type: only sample 0
+    assert metrics.type_axis_accuracy(predicted, truth) == 0.25
+    assert metrics.type_accuracy(predicted, truth) == 0.25
+
+
+def test_always_no_failure_scores_binary_on_type_axis_too():
+    # FailSafe Table V: Qwen2.5-VL always answers "no" and gets 0.2401 on both metrics.
+    truth = [OK] * 24 + [TRANS_GT] * 76
+    predicted = [OK] * 100
+    assert metrics.binary_accuracy(predicted, truth) == metrics.type_axis_accuracy(
+        predicted, truth) == 0.24
+
+
+def test_type_accuracy_ignores_the_axis():
+    trans_y = d2f("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_Y=+y; FIX_N_Y=3;")
+    trans_x = d2f("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_X=+x; FIX_N_X=3;")
+    assert metrics.type_accuracy([trans_x], [trans_y]) == 1.0
+    assert metrics.type_axis_accuracy([trans_x], [trans_y]) == 0.0
+
+
+@pytest.mark.parametrize("prediction,expected", [
+    # identical: (1 + 1 + 1 + 1) / 4
+    ("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_X=+x; FIX_N_X=2; FIX_DIR_Y=+y; "
+     "FIX_N_Y=3;", 1.0),
+    # x bins off by 1: s_x = 1 - 1/3; y right -> (1 + 1 + 2/3 + 1) / 4
+    ("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_X=+x; FIX_N_X=1; FIX_DIR_Y=+y; "
+     "FIX_N_Y=3;", (3 + 2 / 3) / 4),
+    # wrong y direction: s_y = 0; wrong stage: s_stage = 0 -> (1 + 0 + 1 + 0) / 4
+    ("RESULT=FAIL; TYPE=translation; STAGE=keyframe; FIX_DIR_X=+x; FIX_N_X=2; FIX_DIR_Y=-y; "
+     "FIX_N_Y=3;", 0.5),
+    # x bins off by 3 or more: s_x = max(0, 1 - 3/3) = 0 -> (1 + 1 + 0 + 1) / 4
+    ("RESULT=FAIL; TYPE=translation; STAGE=pre_grasp; FIX_DIR_X=+x; FIX_N_X=5; FIX_DIR_Y=+y; "
+     "FIX_N_Y=3;", 0.75),
+    # predicted a gripper failure: s_type 0, stage 0, no directions -> 0
+    ("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=weak_close; FIX_G=CLOSE; KF_GT=3;", 0.0),
+])
+def test_dream2fix_translation_partial_credit(prediction, expected):
+    assert metrics.dream2fix_correction_score(d2f(prediction), TRANS_GT) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("prediction,tolerance,expected", [
+    ("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=delay_close; FIX_G=CLOSE; KF_GT=31;", 0, 1),
+    ("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=delay_close; FIX_G=CLOSE; KF_GT=33;", 2, 1),
+    ("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=delay_close; FIX_G=CLOSE; KF_GT=34;", 2,
+     2 / 3),
+    ("RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=weak_close; FIX_G=CLOSE; KF_GT=31;", 2,
+     2 / 3),
+    ("RESULT=FAIL; TYPE=gripper; STAGE=pre_grasp; MODE=force_open; FIX_G=CLOSE; KF_GT=0;", 2, 0),
+])
+def test_dream2fix_gripper_keyframe_tolerance(prediction, tolerance, expected):
+    score = metrics.dream2fix_correction_score(d2f(prediction), GRIP_GT,
+                                               keyframe_tolerance=tolerance)
+    assert score == pytest.approx(expected)
+
+
+def test_dream2fix_accuracy_averages_over_its_failure_types_only():
+    truth = [TRANS_GT, GRIP_GT, OK]
+    predicted = [TRANS_GT, UNKNOWN, OK]
+    assert metrics.dream2fix_correction_accuracy(predicted, truth) == 0.5
+    with pytest.raises(ValueError, match="no translation or gripper failures"):
+        metrics.dream2fix_correction_accuracy([OK], [OK])
+
+
+def test_delta_cosine():
+    gt = parse_failsafe("Sub-task: grasp.<Yes>,Trans x.(0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0).")
+    same_direction = parse_failsafe(
+        "Sub-task: grasp.<Yes>,Trans x.(0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0).")
+    diagonal = parse_failsafe("Sub-task: grasp.<Yes>,Trans x.(0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0).")
+    opposite = parse_failsafe("Sub-task: grasp.<Yes>,Trans x.(-0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0).")
+    assert metrics.delta_cosine([same_direction], [gt]) == pytest.approx(1.0)
+    assert metrics.delta_cosine([diagonal], [gt]) == pytest.approx(1 / math.sqrt(2))
+    assert metrics.delta_cosine([opposite], [gt]) == pytest.approx(-1.0)
+    # no delta predicted (a "no failure" answer) is the zero vector: cosine 0; OK labels skipped
+    assert metrics.delta_cosine([OK, same_direction, OK], [gt, gt, OK]) == pytest.approx(0.5)
+
+
+def test_rouge_l_hand_computed():
+    # LCS("the cat sat on the mat", "the cat is on the mat") = "the cat on the mat" = 5 tokens
+    score = metrics.rouge_l("the cat sat on the mat", "the cat is on the mat")
+    assert score == pytest.approx(5 / 6)
+    assert metrics.rouge_l("a b c", "a b c") == 1.0
+    assert metrics.rouge_l("x y", "a b") == 0.0
+    assert metrics.rouge_l("", "") == 1.0 and metrics.rouge_l("", "a") == 0.0
+    # precision 2/2, recall 2/4 -> F1 = 2 * 1 * 0.5 / 1.5
+    assert metrics.rouge_l("gripper open", "the gripper stays open") == pytest.approx(2 / 3)
+
+
+def test_family_confusion_counts():
+    counts = metrics.family_confusion([OK, GRIP_GT, UNKNOWN], [OK, TRANS_GT, GRIP_GT])
+    assert counts == {("none", "none"): 1, ("translation", "gripper"): 1,
+                      ("gripper", "unknown"): 1}
+
+
+def test_misaligned_or_empty_inputs_are_errors():
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
+        metrics.binary_accuracy([OK, OK], [OK])
+    with pytest.raises(ValueError, match="no samples"):
+        metrics.binary_accuracy([], [])
+    with pytest.raises(ValueError, match="not 'slip'"):
+        metrics.dream2fix_correction_score(OK, parse_dream2fix(
+            "RESULT=FAIL; TYPE=slip; STAGE=transport;"))
