@@ -39,7 +39,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_hash" ]; then
   # The message wheels' exported CMake files point at the wheel builder's Python.
   pyinc=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
   npinc=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
-  grep -l /opt/python/cp311-cp311 "$VENV"/share/*/cmake/*Export*.cmake 2>/dev/null | xargs -r sed -i \
+  { grep -l /opt/python/cp311-cp311 "$VENV"/share/*/cmake/*Export*.cmake 2>/dev/null || true; } \
+    | xargs -r sed -i \
     -e "s|/opt/python/cp311-cp311/include/python3.11|$pyinc|g" \
     -e "s|/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include|$npinc|g"
   echo "$lock_hash" > "$stamp"

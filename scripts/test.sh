@@ -13,7 +13,7 @@ ctest_args=(--output-on-failure)
 status=0
 colcon --log-base "$ROOT/log" test --base-paths . --packages-select failrecov_ros \
   --build-base "$ROOT/build" --install-base "$ROOT/install" \
-  --event-handlers console_direct+ status- --ctest-args "${ctest_args[@]}" || status=$?
+  --event-handlers console_direct+ status- --return-code-on-test-failure --ctest-args "${ctest_args[@]}" || status=$?
 python3 - "$results" <<'PY' || status=1
 import glob, sys, xml.etree.ElementTree as ET
 tests = failed = skipped = 0

@@ -11,7 +11,9 @@ def pytest_configure(config):
     # Set before rclpy initialises; child processes inherit it.
     if not os.environ.get("FAILRECOV_TEST_KEEP_DOMAIN"):
         os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # Iron and later
+    if os.environ.get("ROS_DISTRO") == "humble":
+        os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 

@@ -69,3 +69,15 @@ def test_messages_breaking_the_schema_are_rejected(mutate, fragment):
 def test_time_conversion():
     for ns in (0, 1, 999_999_999, 1_000_000_000, 1_763_700_000_123_456_789):
         assert time_to_ns(ns_to_time(ns)) == ns
+
+
+def test_out_of_range_diagnosis_is_refused_not_wrapped():
+    import dataclasses
+
+    from failrecov_ros.core.schema import Directive
+
+    bad = dataclasses.replace(FULL, correction=dataclasses.replace(
+        FULL.correction, directive=Directive(gripper=FULL.correction.directive.gripper,
+                                             keyframe=2**32 + 5)))
+    with pytest.raises(SchemaError, match="keyframe"):
+        diagnosis_to_msg(bad)

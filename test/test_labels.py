@@ -100,3 +100,29 @@ def test_parse_any_dispatches_and_diagnose_any_never_raises():
     unknown = diagnose_any("gibberish", model_name="m")
     assert unknown.is_unknown
     assert "not JSON, a Dream2Fix label or a FailSafe answer" in unknown.error
+
+
+def test_failsafe_parser_is_linear_on_long_whitespace():
+    # an earlier pattern backtracked cubically: 4000 spaces took minutes
+    text = "Sub-task: a.<Yes>,x.(" + " " * 15_000 + "!"
+    assert diagnose_any(text).is_unknown
+
+
+def test_dream2fix_success_is_validated_too():
+    with pytest.raises(SchemaError, match="stage"):
+        parse_dream2fix("RESULT=SUCCESS; STAGE=Pre-Grasp!!/..;")
+    with pytest.raises(SchemaError, match="summary"):
+        parse_dream2fix("RESULT=SUCCESS;\nSUMMARY: " + "x" * 5000)
+
+
+def test_unknown_stage_round_trips_as_empty():
+    d = parse_dream2fix("RESULT=FAIL; TYPE=rotation_roll; STAGE=unknown;")
+    assert d.stage == ""
+    assert parse_dream2fix(format_dream2fix(d)) == d
+    assert parse_failsafe(format_failsafe(parse_failsafe("Sub-task: unknown.<No>."))).stage == ""
+
+
+def test_json_inside_prose_is_found_by_parse_any():
+    text = ('Answer: {"failed": false, "failure_type": "none", "stage": "", "confidence": 1, '
+            '"summary": "", "correction": {"kind": "none"}} done')
+    assert parse_any(text).failure_type is FailureType.NONE

@@ -205,3 +205,35 @@ def test_taxonomy_families_and_axes():
                  "rotation_pitch", "rotation_yaw", "stall", "delay_close", "weak_close",
                  "force_open", "early_release", "slip", "other"]:
         assert taxonomy.parse_failure_type(name) in taxonomy.FAILURE_TYPES
+
+
+# Regressions found in review: hostile model outputs must never raise or hang.
+@pytest.mark.parametrize("text", [
+    '{"failed":' + "[" * 600 + "]" * 600 + "}",
+    '{"a":' + "[" * 2000,
+    '{"failed": false, "failure_type": "none", "stage": "", "confidence": 1.0, '
+    '"summary": "\\ud800", "correction": {"kind": "none"}}',
+    "x" * 50_000,
+])
+def test_hostile_text_becomes_unknown(text):
+    diagnosis = diagnose_from_text(text)
+    assert diagnosis.is_unknown and diagnosis.error
+
+
+def test_stage_with_trailing_newline_is_rejected():
+    with pytest.raises(SchemaError, match="not a lower_snake_case name"):
+        validate({**SUCCESS, "stage": "grasp\n"})
+
+
+@pytest.mark.parametrize("field,value", [("keyframe", 2**31), ("keyframe", 2**40)])
+def test_integers_must_fit_their_message_fields(field, value):
+    with pytest.raises(SchemaError, match="is greater than the maximum"):
+        validate(_mutated(GRIPPER, ["correction", "directive", field], value))
+
+
+def test_record_integers_must_fit():
+    record = Diagnosis.unknown("x").to_dict()
+    with pytest.raises(SchemaError, match="window_frames"):
+        validate({**record, "window_frames": 2**32}, record=True)
+    with pytest.raises(SchemaError, match="stamp_ns"):
+        validate({**record, "stamp_ns": 2**31 * 10**9}, record=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from failrecov_ros.core.schema import (
+    MAX_OUTPUT_CHARS,
     NO_CORRECTION,
     Correction,
     CorrectionKind,
@@ -18,6 +19,7 @@ from failrecov_ros.core.schema import (
     Directive,
     GripperCommand,
     SchemaError,
+    diagnose_with,
     parse_model_output,
     validate,
 )
@@ -56,10 +58,11 @@ def parse_dream2fix(text: str, confidence: float = 1.0) -> Diagnosis:
     if result not in ("SUCCESS", "FAIL"):
         raise SchemaError([f"RESULT: expected SUCCESS or FAIL, got {fields.get('RESULT')!r}"])
     summary = summary.strip()
-    stage = fields.get("STAGE", "").strip().lower().replace(" ", "_")
+    stage = _stage(fields.get("STAGE", ""))
     if result == "SUCCESS":
-        return Diagnosis(failed=False, failure_type=FailureType.NONE, confidence=confidence,
-                         stage=stage if stage != "unknown" else "", summary=summary)
+        return validate(Diagnosis(failed=False, failure_type=FailureType.NONE,
+                                  confidence=confidence, stage=stage,
+                                  summary=summary).model_output())
     kind = fields.get("TYPE", "").strip().lower()
     try:
         if kind == "translation":
@@ -87,6 +90,12 @@ def parse_dream2fix(text: str, confidence: float = 1.0) -> Diagnosis:
     diagnosis = Diagnosis(failed=True, failure_type=ftype, confidence=confidence,
                           stage=stage, summary=summary, correction=correction)
     return validate(diagnosis.model_output())
+
+
+def _stage(text: str) -> str:
+    """Normalise a stage name; "unknown" (what the formatters write for none) becomes ""."""
+    stage = text.strip().lower().replace(" ", "_").replace("-", "_")
+    return "" if stage == "unknown" else stage
 
 
 def _int(fields: dict[str, str], key: str, default: int | None) -> int:
@@ -126,9 +135,11 @@ _FAILSAFE_TYPES = {
     **{f"rot {a}": t for a, t in zip("xyz", (FailureType.ROTATION_ROLL, FailureType.ROTATION_PITCH,
                                              FailureType.ROTATION_YAW), strict=True)},
 }
+# Applied to stripped text without its final period; no two adjacent parts can match the same
+# characters, so matching stays linear (an earlier pattern backtracked cubically on spaces).
 _FAILSAFE = re.compile(
-    r"^\s*Sub-task:\s*(?P<stage>[^.]*)\.\s*<?(?P<answer>yes|no)>?\s*"
-    r"(?:,\s*(?P<type>[^.]+?)\s*\.\s*(?P<delta>\(?[-+0-9.eE,\s]+\)?))?\s*\.?\s*$",
+    r"Sub-task:\s*(?P<stage>[^.]*)\.\s*<?(?P<answer>yes|no)>?"
+    r"(?:,(?P<type>[^.(]+)\.\s*\((?P<delta>[^()]*)\))?",
     re.IGNORECASE)
 
 
@@ -144,11 +155,11 @@ def format_failsafe(diagnosis: Diagnosis) -> str:
 
 def parse_failsafe(text: str, confidence: float = 1.0) -> Diagnosis:
     """Parse a FailSafe answer; raises SchemaError naming what is wrong."""
-    match = _FAILSAFE.match(text)
+    match = _FAILSAFE.fullmatch(text.strip().removesuffix("."))
     if not match:
         expected = "'Sub-task: <s>.<Yes|No>[,<type>.<dA>].'"
         raise SchemaError([f"FailSafe answer: does not match {expected}: {text[:80]!r}"])
-    stage = match["stage"].strip().lower().replace(" ", "_").replace("-", "_")
+    stage = _stage(match["stage"])
     if match["answer"].lower() == "no":
         return validate(Diagnosis(failed=False, failure_type=FailureType.NONE,
                                   confidence=confidence, stage=stage).model_output())
@@ -157,7 +168,7 @@ def parse_failsafe(text: str, confidence: float = 1.0) -> Diagnosis:
     name = match["type"].strip().lower()
     try:
         ftype = _FAILSAFE_TYPES.get(name) or parse_failure_type(name.replace(" ", "_"))
-        delta = [float(v) for v in match["delta"].strip("() \t").split(",")]
+        delta = [float(v) for v in match["delta"].split(",")]
     except ValueError as exc:
         raise SchemaError([f"FailSafe answer: {exc}"]) from None
     return validate(Diagnosis(
@@ -167,21 +178,19 @@ def parse_failsafe(text: str, confidence: float = 1.0) -> Diagnosis:
 
 def parse_any(text: str, confidence: float = 1.0) -> Diagnosis:
     """Parse model text in any supported format: our JSON, Dream2Fix key-value, FailSafe."""
+    if len(text) > MAX_OUTPUT_CHARS:
+        raise SchemaError([f"<root>: {len(text)} characters exceed {MAX_OUTPUT_CHARS}"])
     stripped = text.strip()
-    if stripped.startswith(("{", "```")):
-        return parse_model_output(stripped, lenient=True)
-    if "RESULT" in stripped and "=" in stripped:
-        return parse_dream2fix(stripped, confidence)
     if stripped.lower().startswith("sub-task:"):
         return parse_failsafe(stripped, confidence)
+    if re.search(r"\bRESULT\s*=", stripped):
+        return parse_dream2fix(stripped, confidence)
+    if "{" in stripped:
+        return parse_model_output(stripped, lenient=True)
     raise SchemaError([f"<root>: not JSON, a Dream2Fix label or a FailSafe answer: "
                        f"{stripped[:80]!r}"])
 
 
 def diagnose_any(text: str, **context) -> Diagnosis:
     """Like :func:`parse_any`, but an invalid output becomes an ``unknown`` diagnosis."""
-    try:
-        diagnosis = parse_any(text)
-    except SchemaError as exc:
-        return Diagnosis.unknown(str(exc), raw_output=text, **context)
-    return diagnosis.with_context(raw_output=text, **context)
+    return diagnose_with(lambda: parse_any(text), text, **context)

@@ -13,7 +13,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jsonschema
@@ -25,6 +25,12 @@ MAX_TRANSLATION_M = 0.5
 MAX_ROTATION_RAD = math.pi
 MAX_BINS = 10
 MAX_SUMMARY_CHARS = 2000
+#: Longest model text parsed at all; beyond it the output is rejected unread.
+MAX_OUTPUT_CHARS = 20000
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+#: Stamps whose seconds fit builtin_interfaces/Time (int32).
+MAX_STAMP_NS = INT32_MAX * 1_000_000_000
 STAGE_PATTERN = r"^([a-z][a-z0-9_]{0,63})?$"
 EE_DELTA_FIELDS = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "dgripper")
 
@@ -185,7 +191,7 @@ _DIRECTIVE_SCHEMA: dict[str, Any] = {
         **{f"dir_{a}": {"type": "integer", "enum": [-1, 0, 1]} for a in "xyz"},
         **{f"bins_{a}": {"type": "integer", "minimum": 0, "maximum": MAX_BINS} for a in "xyz"},
         "gripper": {"type": "string", "enum": [g.value for g in GripperCommand]},
-        "keyframe": {"type": "integer", "minimum": -1},
+        "keyframe": {"type": "integer", "minimum": -1, "maximum": INT32_MAX},
     },
 }
 
@@ -229,9 +235,9 @@ RECORD_SCHEMA: dict[str, Any] = {
         "task": {"type": "string"},
         "instruction": {"type": "string"},
         "skill": {"type": "string"},
-        "stamp_ns": {"type": "integer", "minimum": 0},
-        "window_start_ns": {"type": "integer", "minimum": 0},
-        "window_frames": {"type": "integer", "minimum": 0},
+        "stamp_ns": {"type": "integer", "minimum": 0, "maximum": MAX_STAMP_NS},
+        "window_start_ns": {"type": "integer", "minimum": 0, "maximum": MAX_STAMP_NS},
+        "window_frames": {"type": "integer", "minimum": 0, "maximum": UINT32_MAX},
         "frame_id": {"type": "string"},
         "model_name": {"type": "string"},
         "latency_s": {"type": "number", "minimum": 0.0},
@@ -248,20 +254,33 @@ def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<root>"
 
 
-def _non_finite(value: Any, path: str = "") -> list[str]:
-    """Paths of NaN/inf floats anywhere in a decoded JSON value."""
+def _value_problems(value: Any, path: str = "") -> list[str]:
+    """NaN/inf floats and strings that are not encodable UTF-8 (lone surrogates), by path.
+
+    Only called on data that passed the JSON schema, which bounds the nesting depth.
+    """
+    where = path or "<root>"
     if isinstance(value, float) and not math.isfinite(value):
-        return [f"{path or '<root>'}: must be finite, got {value}"]
+        return [f"{where}: must be finite, got {value}"]
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [f"{where}: not valid UTF-8 text"]
+        return []
     if isinstance(value, Mapping):
-        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}" if path else k)]
+        return [p for k, v in value.items()
+                for p in _value_problems(v, f"{path}.{k}" if path else k)]
     if isinstance(value, (list, tuple)):
-        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+        return [p for i, v in enumerate(value) for p in _value_problems(v, f"{path}[{i}]")]
     return []
 
 
 def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     """Cross-field rules JSON schema cannot express."""
     problems = []
+    if not re.fullmatch(STAGE_PATTERN, data["stage"]):  # the schema's "$" admits a final \n
+        problems.append(f"stage: {data['stage']!r} is not a lower_snake_case name")
     failed, ftype = data["failed"], data["failure_type"]
     correction = data["correction"]
     kind = correction["kind"]
@@ -281,7 +300,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     if kind == CorrectionKind.DIRECTIVE.value and "directive" not in correction:
         problems.append("correction kind 'directive' requires correction.directive")
     delta = correction.get("ee_delta")
-    if delta is not None and not _non_finite(delta):
+    if delta is not None:
         for i, (name, value) in enumerate(zip(EE_DELTA_FIELDS, delta, strict=True)):
             bound = MAX_TRANSLATION_M if i < 3 else MAX_ROTATION_RAD if i < 6 else 1.0
             if abs(value) > bound:
@@ -312,10 +331,9 @@ def validate(data: Any, record: bool = False) -> Diagnosis:
     validator = _RECORD_VALIDATOR if record else _MODEL_VALIDATOR
     problems = [f"{_path(e)}: {e.message}"
                 for e in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))]
-    problems += _non_finite(data)
     if problems:
         raise SchemaError(problems)
-    problems = _semantic_problems(data)
+    problems = _value_problems(data) or _semantic_problems(data)
     if problems:
         raise SchemaError(problems)
     c = data["correction"]
@@ -350,13 +368,15 @@ def parse_model_output(text: str, lenient: bool = False, record: bool = False) -
     """
     if not isinstance(text, str):
         raise SchemaError([f"<root>: expected text, got {type(text).__name__}"])
+    if len(text) > MAX_OUTPUT_CHARS:
+        raise SchemaError([f"<root>: {len(text)} characters exceed {MAX_OUTPUT_CHARS}"])
     candidate = text
     if lenient:
         fenced = _FENCE.match(text)
         candidate = fenced.group(1) if fenced else _first_json_object(text)
     try:
         data = json.loads(candidate, parse_constant=_reject_constant)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         snippet = text[:80] + ("..." if len(text) > 80 else "")
         raise SchemaError([f"<root>: not valid JSON ({exc}); text starts {snippet!r}"]) from None
     return validate(data, record=record)
@@ -393,8 +413,20 @@ def diagnose_from_text(text: str, lenient: bool = True, **context: Any) -> Diagn
 
     Never raises on bad model output, so a node can publish (and count) the rejection.
     """
+    return diagnose_with(lambda: parse_model_output(text, lenient=lenient), text, **context)
+
+
+def diagnose_with(parse: Callable[[], Diagnosis], text: str, **context: Any) -> Diagnosis:
+    """Run ``parse``; any failure becomes an ``unknown`` diagnosis carrying the reason.
+
+    The catch-all is deliberate: whatever a model emits, the runtime must publish a verdict
+    rather than die, and an unexpected parser error is reported with its type.
+    """
     try:
-        diagnosis = parse_model_output(text, lenient=lenient)
+        diagnosis = parse()
     except SchemaError as exc:
         return Diagnosis.unknown(str(exc), raw_output=text, **context)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        return Diagnosis.unknown(f"parser error {type(exc).__name__}: {exc}", raw_output=text,
+                                 **context)
     return diagnosis.with_context(raw_output=text, **context)

@@ -61,7 +61,8 @@ def dream2fix_correction_score(predicted: Diagnosis, truth: Diagnosis,
     """Dream2Fix correction accuracy of one sample, with partial credit.
 
     Translation: (s_type + s_stage + s_x + s_y) / 4; gripper: (s_type + s_stage + s_k) / 3,
-    s_k = 1(|k_gt - k_pred| <= keyframe_tolerance) (the paper's delta_k, unpublished). s_type
+    s_k = 1(|k_gt - k_pred| <= keyframe_tolerance) (the paper's delta_k, unpublished), and a
+    prediction without a keyframe (-1) earns no s_k even next to k_gt = 0. s_type
     is TYPE=translation for translations and the exact MODE for gripper failures (at least as
     strict as the paper's TYPE field).
     """

@@ -41,7 +41,12 @@ def time_to_ns(stamp: Time) -> int:
 
 
 def diagnosis_to_msg(diagnosis: Diagnosis) -> FailureDiagnosis:
-    """Build the message; the header stamp is the analysed window's last frame."""
+    """Build the message; the header stamp is the analysed window's last frame.
+
+    The diagnosis is validated first (SchemaError otherwise), so every field fits its message
+    type: rclpy would otherwise wrap out-of-range integers silently on some distros.
+    """
+    validate(diagnosis.to_dict(), record=True)
     msg = FailureDiagnosis()
     msg.header.stamp = ns_to_time(diagnosis.stamp_ns)
     msg.header.frame_id = diagnosis.frame_id
