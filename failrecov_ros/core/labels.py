@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 from failrecov_ros.core.schema import (
-    MAX_OUTPUT_CHARS,
     NO_CORRECTION,
     Correction,
     CorrectionKind,
@@ -19,6 +18,7 @@ from failrecov_ros.core.schema import (
     Directive,
     GripperCommand,
     SchemaError,
+    check_output_length,
     diagnose_with,
     parse_model_output,
     validate,
@@ -178,8 +178,7 @@ def parse_failsafe(text: str, confidence: float = 1.0) -> Diagnosis:
 
 def parse_any(text: str, confidence: float = 1.0) -> Diagnosis:
     """Parse model text in any supported format: our JSON, Dream2Fix key-value, FailSafe."""
-    if len(text) > MAX_OUTPUT_CHARS:
-        raise SchemaError([f"<root>: {len(text)} characters exceed {MAX_OUTPUT_CHARS}"])
+    check_output_length(text)
     stripped = text.strip()
     if stripped.lower().startswith("sub-task:"):
         return parse_failsafe(stripped, confidence)

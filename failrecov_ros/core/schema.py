@@ -357,6 +357,12 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not valid JSON")
 
 
+def check_output_length(text: str) -> None:
+    """Refuse model text too long to parse safely (SchemaError), before any regex touches it."""
+    if len(text) > MAX_OUTPUT_CHARS:
+        raise SchemaError([f"<root>: {len(text)} characters exceed {MAX_OUTPUT_CHARS}"])
+
+
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -368,8 +374,7 @@ def parse_model_output(text: str, lenient: bool = False, record: bool = False) -
     """
     if not isinstance(text, str):
         raise SchemaError([f"<root>: expected text, got {type(text).__name__}"])
-    if len(text) > MAX_OUTPUT_CHARS:
-        raise SchemaError([f"<root>: {len(text)} characters exceed {MAX_OUTPUT_CHARS}"])
+    check_output_length(text)
     candidate = text
     if lenient:
         fenced = _FENCE.match(text)

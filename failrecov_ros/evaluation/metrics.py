@@ -16,7 +16,9 @@ from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, family
 
 #: Dream2Fix partial-credit cap on the bin difference.
 DREAM2FIX_CAP = 3
-_D2F_TRANSLATION = (FailureType.TRANSLATION_X, FailureType.TRANSLATION_Y)
+_D2F_TRANSLATION = frozenset({FailureType.TRANSLATION_X, FailureType.TRANSLATION_Y})
+#: Label types Dream2Fix correction accuracy is defined for.
+_D2F_TYPES = _D2F_TRANSLATION | GRIPPER_TYPES
 
 
 def _pairs(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]):
@@ -90,7 +92,7 @@ def dream2fix_correction_accuracy(predicted: Sequence[Diagnosis], truth: Sequenc
     """Mean correction score over the samples whose label is a Dream2Fix failure type."""
     scored = [dream2fix_correction_score(p, t, keyframe_tolerance, cap)
               for p, t in _pairs(predicted, truth)
-              if t.failure_type in _D2F_TRANSLATION or t.failure_type in GRIPPER_TYPES]
+              if t.failure_type in _D2F_TYPES]
     if not scored:
         raise ValueError("no translation or gripper failures among the labels")
     return sum(scored) / len(scored)
