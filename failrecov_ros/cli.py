@@ -1,6 +1,7 @@
 """`failrecov`: the command-line entry point.
 
-Schema tools and the demo; later issues add train, datagen, launch and eval subcommands.
+Schema tools, the demo and the simulator's expert; later issues add train, datagen,
+launch and eval subcommands.
 """
 
 from __future__ import annotations
@@ -114,6 +115,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["received"] == len(records) and summary["invalid_messages"] == 0 else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def cmd_expert(args: argparse.Namespace) -> int:
+    """Run the scripted expert over seeds and print its success rate per task."""
+    from failrecov_ros.sim.expert import run_expert
+    from failrecov_ros.sim.tasks import TASKS, make_task
+
+    tasks = TASKS if args.task == "all" else (args.task,)
+    worst = 1.0
+    for name in tasks:
+        started = time.perf_counter()
+        failures = [seed for seed in range(args.first_seed, args.first_seed + args.seeds)
+                    if not run_expert(make_task(name, seed)).success]
+        rate = 1 - len(failures) / args.seeds
+        worst = min(worst, rate)
+        print(f"{name}: {args.seeds - len(failures)}/{args.seeds} = {rate:.1%} "
+              f"({(time.perf_counter() - started) / args.seeds:.2f} s/episode)"
+              + (f"; failed seeds {failures}" if failures else ""))
+    return 0 if worst >= args.require else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and shell completion)."""
     parser = argparse.ArgumentParser(prog="failrecov", description=__doc__)
@@ -129,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=20.0, help="publish rate, Hz")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before giving up")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("expert", help="measure the scripted expert's success rate in simulation")
+    p.add_argument("--task", default="all", choices=["all", "pick_cube", "place_in_bowl",
+                                                    "push_cube", "stack_cube"])
+    p.add_argument("--seeds", type=_positive_int, default=50)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--require", type=float, default=0.0,
+                   help="exit 1 when a task's success rate is below this fraction")
+    p.set_defaults(func=cmd_expert)
     return parser
 
 

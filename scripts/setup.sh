@@ -16,6 +16,9 @@ missing=()
 for cmd in "${!APT_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
 done
+# Headless rendering: MuJoCo draws through EGL on Mesa's software rasteriser (no GPU needed).
+{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q 'libEGL_mesa\.so' \
+  || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 if ! command -v python3.11 >/dev/null 2>&1; then missing+=(python3.11 python3.11-venv python3.11-dev)
 elif ! python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3.11-venv); fi
 if ((${#missing[@]})); then
@@ -30,11 +33,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtual environment $VENV"
   mkdir -p "$(dirname "$VENV")"; python3.11 -m venv "$VENV"
 fi
-lock_hash=$(sha256sum "$ROOT/requirements/lock.txt" | cut -d' ' -f1)
+lock_hash=$(cat "$ROOT/requirements/lock.txt" "$ROOT/requirements/no-deps.txt" | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.failrecov-lock.sha256"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_hash" ]; then
   log "installing Python dependencies (requirements/lock.txt)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements/lock.txt" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+    -r "$ROOT/requirements/no-deps.txt" 2>&1 \
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   # The message wheels' exported CMake files point at the wheel builder's Python.
   pyinc=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from failrecov_ros.cli import main
 from failrecov_ros.core.schema import MODEL_OUTPUT_SCHEMA
 
@@ -38,3 +40,16 @@ def test_demo_runs_end_to_end_over_dds():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: sent 8, received 8 over DDS, 5 valid, 3 rejected as unknown, " \
            "0 messages breaking the schema" in result.stdout
+
+
+def test_expert_command_reports_rates_and_fails_below_the_requirement(capsys):
+    assert main(["expert", "--task", "pick_cube", "--seeds", "3", "--require", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "pick_cube: 3/3 = 100.0%" in out
+    # A requirement above 100% can never be met: the exit code must say so.
+    assert main(["expert", "--task", "pick_cube", "--seeds", "1", "--require", "1.01"]) == 1
+
+
+def test_expert_command_rejects_unknown_tasks():
+    with pytest.raises(SystemExit):
+        main(["expert", "--task", "bogus"])

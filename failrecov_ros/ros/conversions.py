@@ -115,3 +115,57 @@ def msg_to_diagnosis(msg: FailureDiagnosis) -> Diagnosis:
     }
     return validate(record, record=True)
 
+
+
+def duration_to_s(duration) -> float:
+    """builtin_interfaces/Duration to seconds."""
+    return float(duration.sec) + float(duration.nanosec) * 1e-9
+
+
+def s_to_duration(seconds: float):
+    """Seconds to builtin_interfaces/Duration (negative durations keep a non-negative nanosec)."""
+    from builtin_interfaces.msg import Duration
+
+    total = int(round(seconds * 1e9))
+    return Duration(sec=total // 1_000_000_000, nanosec=total % 1_000_000_000)
+
+
+def trajectory_goal_from_msg(goal):
+    """control_msgs FollowJointTrajectory goal to the core TrajectoryGoal.
+
+    Values pass through unchecked (NaN included): validation is the controller's job, so it
+    can answer with the right result code and a message.
+    """
+    from failrecov_ros.core.trajectory import (
+        JointTrajectory,
+        Tolerance,
+        TrajectoryGoal,
+        TrajectoryPoint,
+    )
+
+    points = tuple(
+        TrajectoryPoint(duration_to_s(p.time_from_start), tuple(p.positions),
+                        tuple(p.velocities), tuple(p.accelerations))
+        for p in goal.trajectory.points)
+
+    def tolerances(items):
+        return {t.name: Tolerance(t.position, t.velocity, t.acceleration) for t in items}
+
+    return TrajectoryGoal(
+        JointTrajectory(tuple(goal.trajectory.joint_names), points),
+        tolerances(goal.path_tolerance), tolerances(goal.goal_tolerance),
+        duration_to_s(goal.goal_time_tolerance))
+
+
+def joint_trajectory_msg(joint_names, points):
+    """trajectory_msgs/JointTrajectory from (time_s, positions[, velocities]) tuples."""
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory(joint_names=list(joint_names))
+    for point in points:
+        time_s, positions, *rest = point
+        msg.points.append(JointTrajectoryPoint(
+            positions=[float(v) for v in positions],
+            velocities=[float(v) for v in (rest[0] if rest else ())],
+            time_from_start=s_to_duration(time_s)))
+    return msg

@@ -1,0 +1,584 @@
+"""The MuJoCo simulator's ROS face: it looks like franka_ros2 plus a realsense-ros D435i.
+
+With ``robot:=fr3`` (default) it serves ``fr3_arm_controller/follow_joint_trajectory``
+(joint_trajectory_controller semantics), the ``franka_gripper`` actions (move, grasp, homing,
+gripper_action) and ``action_server/error_recovery``. With ``robot:=stretch`` it looks like
+stretch_driver instead: ``stretch_controller/follow_joint_trajectory`` (one goal at a time, a new
+goal is rejected while one runs), the mode, stop, home, stow Trigger services and ``runstop``
+(SetBool). Either way it publishes ``joint_states`` with the driver's names, the camera topics
+(a world camera) with realsense-ros names and encodings, and ``/clock`` when asked. Physics
+runs in its own thread
+at a fixed step paced to ``real_time_factor``; the camera renders in another thread (an EGL
+context belongs to one thread). All behaviour lives in ``failrecov_ros.sim``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+
+import numpy as np
+import rclpy
+from control_msgs.action import FollowJointTrajectory, GripperCommand
+from franka_msgs.action import ErrorRecovery, Grasp, Homing, Move
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import SetBool, Trigger
+
+from failrecov_ros.core.camera import depth_to_z16
+from failrecov_ros.core.trajectory import ResultCode
+from failrecov_ros.robots import fr3, stretch
+from failrecov_ros.ros.conversions import ns_to_time, trajectory_goal_from_msg
+from failrecov_ros.ros.qos import sensor_qos
+from failrecov_ros.ros.sensors import (
+    camera_info_msg,
+    depth_image_msg,
+    joint_state_msg,
+    rgb_image_msg,
+)
+from failrecov_ros.sim.camera import RgbdCamera
+from failrecov_ros.sim.controllers import (
+    GripperController,
+    GripperResult,
+    TrajectoryController,
+    TrajectoryDefaults,
+)
+from failrecov_ros.sim.scene import CameraSpec, stretch_scene
+from failrecov_ros.sim.scene import Simulation as _Simulation
+from failrecov_ros.sim.stretch_controller import StretchController
+from failrecov_ros.sim.tasks import TASKS, make_task
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A goal waiting for the physics thread to finish it."""
+
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    outcome: object = None
+    superseded: bool = False
+
+
+class MujocoSim(Node):
+    """Simulated FR3 + Franka Hand (or Stretch) + D435i behind the real drivers' interfaces."""
+
+    ROBOTS = ("fr3", "stretch")
+
+    def __init__(self) -> None:
+        super().__init__("mujoco_sim")
+        p = self.declare_parameter
+        self.robot = p("robot", "fr3").value
+        if self.robot not in self.ROBOTS:
+            raise ValueError(f"robot must be one of {', '.join(self.ROBOTS)}, got {self.robot!r}")
+        self.task_name = p("task", "pick_cube").value
+        if self.task_name not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task_name!r}")
+        self.seed = int(p("seed", 0).value)
+        self.rtf = float(p("real_time_factor", 1.0).value)
+        self.control_period = float(p("control_period", 0.01).value)
+        self.joint_state_rate = float(p("joint_state_rate", 100.0).value)
+        self.publish_clock = bool(p("publish_clock", False).value)
+        self.camera_enable = bool(p("camera.enable", True).value)
+        self.camera_fps = float(p("camera.fps", 10.0).value)
+        self.camera_width = int(p("camera.width", 640).value)
+        self.camera_height = int(p("camera.height", 480).value)
+        camera_ns = p("camera_namespace", "camera").value.strip("/")
+        camera_name = p("camera_name", "camera").value.strip("/")
+        self.color_frame = p("camera.color_optical_frame", "camera_color_optical_frame").value
+        reliability = p("camera.image_reliability", "reliable").value
+        controller = p("arm_controller", fr3.ARM_CONTROLLER).value
+        gripper = p("gripper_node", fr3.GRIPPER_NODE).value
+        defaults = TrajectoryDefaults(
+            goal_position_tolerance=float(p("constraints.goal_position", 0.05).value),
+            stopped_velocity_tolerance=float(p("constraints.stopped_velocity_tolerance",
+                                               0.01).value),
+            goal_time_tolerance=float(p("constraints.goal_time", 0.5).value))
+        self.grasp_force_scale = float(p("faults.grasp_force_scale", 1.0).value)
+        if not (self.rtf >= 0 and math.isfinite(self.rtf)):
+            raise ValueError(f"real_time_factor must be >= 0 (0 = as fast as possible), "
+                             f"got {self.rtf}")
+        if not 0 < self.camera_fps <= 90 or self.control_period <= 0:
+            raise ValueError("camera.fps must be in (0, 90] and control_period > 0")
+
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.steps_done = 0
+        self.frames_published = 0
+        group = ReentrantCallbackGroup()
+        if self.robot == "stretch":
+            self._init_stretch(group)
+        else:
+            self._init_fr3(group, controller, gripper, defaults)
+        self.clock_pub = (self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
+                          if self.publish_clock else None)
+        prefix = "/".join(x for x in (camera_ns, camera_name) if x)
+        qos = sensor_qos(depth=2, reliability=reliability)
+        self.color_pub = self.create_publisher(Image, f"{prefix}/color/image_raw", qos)
+        self.color_info_pub = self.create_publisher(CameraInfo, f"{prefix}/color/camera_info", qos)
+        self.depth_pub = self.create_publisher(
+            Image, f"{prefix}/aligned_depth_to_color/image_raw", qos)
+        self.depth_info_pub = self.create_publisher(
+            CameraInfo, f"{prefix}/aligned_depth_to_color/camera_info", qos)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        self._threads = [threading.Thread(target=self._physics_loop, daemon=True,
+                                          name="physics")]
+        if self.camera_enable:
+            self._threads.append(threading.Thread(target=self._camera_loop, daemon=True,
+                                                  name="camera"))
+        for thread in self._threads:
+            thread.start()
+        self.get_logger().info(
+            f"simulating {self.robot}: {self.task_name} seed {self.seed} ('{self.instruction}'), "
+            f"real-time factor {self.rtf or 'max'}, camera {self.camera_width}x"
+            f"{self.camera_height}@{self.camera_fps if self.camera_enable else 0} Hz "
+            f"on {prefix}/")
+
+    def _camera_spec(self, scene) -> CameraSpec:
+        base = scene.cameras[0] if self.robot == "stretch" else CameraSpec()
+        return dataclasses.replace(base, width=self.camera_width, height=self.camera_height)
+
+    def _init_fr3(self, group, controller: str, gripper: str,
+                  defaults: TrajectoryDefaults) -> None:
+        task = make_task(self.task_name, self.seed)
+        scene = dataclasses.replace(task.scene, cameras=(self._camera_spec(task.scene),))
+        self.sim = _Simulation(scene)
+        self.instruction = task.instruction
+        self.arm = TrajectoryController(self.sim, fr3.ARM_LIMITS, defaults)
+        self.gripper = GripperController(self.sim, fr3.MAX_GRIPPER_WIDTH, fr3.MAX_GRIPPER_SPEED,
+                                         fr3.MAX_GRASP_FORCE)
+        self.gripper.force_scale = self.grasp_force_scale
+        self._arm_goal: _Pending | None = None
+        self._gripper_goal: _Pending | None = None
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.gripper_joint_pub = self.create_publisher(JointState, f"{gripper}/joint_states", 10)
+
+        def server(action, name, execute, goal=None):
+            return ActionServer(self, action, name, execute_callback=execute,
+                                goal_callback=goal or (lambda _: GoalResponse.ACCEPT),
+                                cancel_callback=lambda _: CancelResponse.ACCEPT,
+                                callback_group=group)
+
+        self._servers = [
+            server(FollowJointTrajectory, f"{controller}/follow_joint_trajectory",
+                   self._execute_trajectory),
+            server(Move, f"{gripper}/move", self._execute_move),
+            server(Grasp, f"{gripper}/grasp", self._execute_grasp),
+            server(Homing, f"{gripper}/homing", self._execute_homing),
+            server(GripperCommand, f"{gripper}/gripper_action", self._execute_gripper_command),
+            server(ErrorRecovery, fr3.ERROR_RECOVERY_ACTION, self._execute_error_recovery),
+        ]
+
+    def _init_stretch(self, group) -> None:
+        scene = stretch_scene()
+        scene = dataclasses.replace(scene, cameras=(self._camera_spec(scene),))
+        self.sim = _Simulation(scene)
+        self.instruction = "pick up the red cube"
+        self.stretch = StretchController(self.sim)
+        self._stretch_goal: _Pending | None = None
+        self._stretch_reserved = False  # a goal accepted and not yet finished
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self._servers = [ActionServer(
+            self, FollowJointTrajectory, stretch.FOLLOW_JOINT_TRAJECTORY_ACTION,
+            execute_callback=self._execute_stretch_trajectory,
+            goal_callback=self._stretch_goal_callback,
+            cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)]
+        for mode, name in stretch.MODE_SERVICES.items():
+            self.create_service(Trigger, name, self._mode_service(mode), callback_group=group)
+        self.create_service(Trigger, stretch.STOP_SERVICE, self._on_stop_the_robot,
+                            callback_group=group)
+        self.create_service(Trigger, stretch.HOME_SERVICE, self._pose_service("home"),
+                            callback_group=group)
+        self.create_service(Trigger, stretch.STOW_SERVICE, self._pose_service("stow"),
+                            callback_group=group)
+        self.create_service(SetBool, stretch.RUNSTOP_SERVICE, self._on_runstop,
+                            callback_group=group)
+
+    # --- time ----------------------------------------------------------------------------------
+    def stamp(self, sim_time: float):
+        """Header stamp: simulated time under use_sim_time, the node's clock otherwise."""
+        if self.get_parameter("use_sim_time").value:
+            return ns_to_time(int(round(sim_time * 1e9)))
+        return self.get_clock().now().to_msg()
+
+    # --- physics thread --------------------------------------------------------------------------
+    def _physics_loop(self) -> None:
+        steps = max(1, round(self.control_period / self.sim.timestep))
+        publish_every = max(1, round(1.0 / (self.joint_state_rate * self.control_period)))
+        start_wall, start_sim, tick = time.monotonic(), self.sim.time, 0
+        while not self._stop.is_set():
+            with self.lock:
+                for _ in range(steps):
+                    self._control_step()
+                    self.sim.step()
+                self.steps_done += steps
+                sim_time = self.sim.time
+                if tick % publish_every == 0:
+                    self._publish_joint_states(sim_time)
+            if self.clock_pub is not None:
+                self.clock_pub.publish(Clock(clock=ns_to_time(int(round(sim_time * 1e9)))))
+            tick += 1
+            if self.rtf > 0:
+                ahead = (sim_time - start_sim) / self.rtf - (time.monotonic() - start_wall)
+                if ahead > 0:
+                    self._stop.wait(ahead)
+                elif ahead < -0.5:  # fell behind (slow machine): do not try to catch up
+                    start_wall, start_sim = time.monotonic(), sim_time
+
+    def _control_step(self) -> None:
+        if self.robot == "stretch":
+            self._finish_stretch(self.stretch.update())
+            return
+        verdict = self.arm.update()
+        if verdict is not None and self._arm_goal is not None:
+            self._arm_goal.outcome = verdict
+            self._arm_goal.done.set()
+        result = self.gripper.update(self.sim.timestep)
+        if result is not None and self._gripper_goal is not None:
+            self._gripper_goal.outcome = result
+            self._gripper_goal.done.set()
+
+    def _publish_joint_states(self, sim_time: float) -> None:
+        stamp = self.stamp(sim_time)
+        if self.robot == "stretch":
+            names, positions, velocities = self.stretch.joint_state()
+            self.joint_pub.publish(joint_state_msg(stamp, names, positions, velocities))
+            return
+        arm_effort = self.sim.data.actuator_force[self.sim._arm_ctrl]
+        fingers = self.sim.finger_positions()
+        self.joint_pub.publish(joint_state_msg(
+            stamp, fr3.ARM_JOINTS + fr3.FINGER_JOINTS,
+            np.concatenate([self.sim.arm_positions(), fingers]),
+            np.concatenate([self.sim.arm_velocities(), self.sim.finger_velocities()]),
+            np.concatenate([arm_effort, [0.0, 0.0]])))
+        self.gripper_joint_pub.publish(joint_state_msg(
+            stamp, fr3.FINGER_JOINTS, fingers, self.sim.finger_velocities()))
+
+    # --- camera thread ---------------------------------------------------------------------------
+    def _camera_loop(self) -> None:
+        try:
+            camera = RgbdCamera(self.sim.model, "camera", self.camera_width, self.camera_height)
+        except Exception as error:  # noqa: BLE001 - report any GL failure, keep the arm running
+            self.get_logger().error(f"camera disabled: cannot create the renderer: {error}")
+            return
+        period = 1.0 / self.camera_fps
+        next_sim = self.sim.time
+        with camera:
+            while not self._stop.is_set():
+                with self.lock:
+                    sim_time = self.sim.time
+                    due = sim_time >= next_sim
+                    if due:
+                        camera.capture(self.sim.data)
+                if not due:
+                    self._stop.wait(min(period, (next_sim - sim_time) / max(self.rtf, 1e-3))
+                                    if self.rtf > 0 else 0.001)
+                    continue
+                next_sim += period
+                if next_sim < sim_time:  # rendering fell behind: skip, never queue up
+                    next_sim = sim_time + period
+                rgb, depth = camera.read()
+                stamp = self.stamp(sim_time)
+                info = camera_info_msg(stamp, self.color_frame, camera.intrinsics)
+                self.color_pub.publish(rgb_image_msg(stamp, self.color_frame, rgb))
+                self.color_info_pub.publish(info)
+                self.depth_pub.publish(depth_image_msg(stamp, self.color_frame,
+                                                       depth_to_z16(depth)))
+                self.depth_info_pub.publish(info)
+                self.frames_published += 1
+
+    # --- arm -------------------------------------------------------------------------------------
+    def _execute_trajectory(self, goal_handle):
+        result = FollowJointTrajectory.Result()
+        goal = trajectory_goal_from_msg(goal_handle.request)
+        pending = _Pending()
+        with self.lock:
+            verdict = self.arm.start(goal)
+            if verdict.ok:
+                if self._arm_goal is not None:
+                    self._arm_goal.superseded = True
+                    self._arm_goal.done.set()
+                self._arm_goal = pending
+        if not verdict.ok:
+            self.get_logger().warning(f"trajectory rejected ({verdict.code.name}): "
+                                      f"{verdict.message}")
+            result.error_code, result.error_string = int(verdict.code), verdict.message
+            goal_handle.abort()
+            return result
+        feedback = FollowJointTrajectory.Feedback()
+        while not pending.done.wait(0.05):
+            if goal_handle.is_cancel_requested:
+                with self.lock:
+                    if self._arm_goal is pending:
+                        self.arm.hold()
+                        self._arm_goal = None
+                result.error_string = "canceled by the client; holding position"
+                goal_handle.canceled()
+                return result
+            with self.lock:
+                names, desired, actual, error = self.arm.feedback()
+            feedback.header.stamp = self.stamp(self.sim.time)
+            feedback.joint_names = list(names)
+            feedback.desired.positions = desired.tolist()
+            feedback.actual.positions = actual.tolist()
+            feedback.error.positions = error.tolist()
+            goal_handle.publish_feedback(feedback)
+        if pending.superseded:
+            result.error_string = "preempted by a new goal"
+            goal_handle.canceled() if goal_handle.is_cancel_requested else goal_handle.abort()
+            return result
+        with self.lock:
+            if self._arm_goal is pending:
+                self._arm_goal = None
+        verdict = pending.outcome
+        result.error_code, result.error_string = int(verdict.code), verdict.message
+        if verdict.code == ResultCode.SUCCESSFUL:
+            goal_handle.succeed()
+        else:
+            self.get_logger().warning(f"trajectory aborted ({verdict.code.name}): "
+                                      f"{verdict.message}")
+            goal_handle.abort()
+        return result
+
+    # --- gripper ---------------------------------------------------------------------------------
+    def _run_gripper(self, goal_handle, start) -> GripperResult:
+        """Start a gripper command under the lock and wait for it (or a cancel/preemption)."""
+        pending = _Pending()
+        with self.lock:
+            error = start()
+            if not error:
+                if self._gripper_goal is not None:
+                    self._gripper_goal.superseded = True
+                    self._gripper_goal.done.set()
+                self._gripper_goal = pending
+        if error:
+            self.get_logger().warning(f"gripper command rejected: {error}")
+            return GripperResult(False, self.sim.gripper_width(), error)
+        while not pending.done.wait(0.05):
+            if goal_handle.is_cancel_requested:
+                with self.lock:
+                    if self._gripper_goal is pending:
+                        self.gripper.stop()
+                        self._gripper_goal = None
+                return GripperResult(False, self.sim.gripper_width(), "canceled")
+        if pending.superseded:
+            return GripperResult(False, self.sim.gripper_width(), "preempted by a new command")
+        with self.lock:
+            if self._gripper_goal is pending:
+                self._gripper_goal = None
+        return pending.outcome
+
+    def _finish(self, goal_handle, outcome: GripperResult, result):
+        if outcome.error == "canceled":
+            goal_handle.canceled()
+        elif outcome.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _execute_move(self, goal_handle):
+        request = goal_handle.request
+        outcome = self._run_gripper(
+            goal_handle, lambda: self.gripper.move(request.width, request.speed))
+        return self._finish(goal_handle, outcome,
+                            Move.Result(success=outcome.success, error=outcome.error))
+
+    def _execute_grasp(self, goal_handle):
+        r = goal_handle.request
+        outcome = self._run_gripper(goal_handle, lambda: self.gripper.grasp(
+            r.width, r.speed, r.force, r.epsilon.inner, r.epsilon.outer))
+        return self._finish(goal_handle, outcome,
+                            Grasp.Result(success=outcome.success, error=outcome.error))
+
+    def _execute_homing(self, goal_handle):
+        outcome = self._run_gripper(goal_handle, self.gripper.homing)
+        return self._finish(goal_handle, outcome,
+                            Homing.Result(success=outcome.success, error=outcome.error))
+
+    def _execute_gripper_command(self, goal_handle):
+        # control_msgs semantics: a position (per finger, half the width) reached with at
+        # most max_effort; blocked by an object it stalls, which is how a grasp ends.
+        command = goal_handle.request.command
+        width = 2.0 * command.position
+        start = lambda: self.gripper.move(width, fr3.MAX_GRIPPER_SPEED,  # noqa: E731
+                                          command.max_effort)
+        outcome = self._run_gripper(goal_handle, start)
+        result = GripperCommand.Result(
+            position=self.sim.gripper_width() / 2, effort=float(command.max_effort),
+            stalled=not outcome.success, reached_goal=outcome.success)
+        return self._finish(goal_handle, outcome, result)
+
+    def _execute_error_recovery(self, goal_handle):
+        with self.lock:
+            self.arm.hold()
+            if self._arm_goal is not None:
+                self._arm_goal.superseded = True
+                self._arm_goal.done.set()
+                self._arm_goal = None
+        goal_handle.succeed()
+        return ErrorRecovery.Result()
+
+    # --- stretch ---------------------------------------------------------------------------------
+    def _finish_stretch(self, verdict) -> None:
+        """Hand a finished or aborted Stretch motion's verdict to whoever waits (lock held)."""
+        if verdict is not None and self._stretch_goal is not None:
+            self._stretch_goal.outcome = verdict
+            self._stretch_goal.done.set()
+            self._stretch_goal = None
+
+    def _stretch_goal_callback(self, _request):
+        # stretch_driver takes one goal at a time: a new goal is rejected while one runs.
+        with self.lock:
+            if self._stretch_reserved or self.stretch.active:
+                self.get_logger().warning("goal rejected: another goal or motion is active")
+                return GoalResponse.REJECT
+            self._stretch_reserved = True
+        return GoalResponse.ACCEPT
+
+    def _execute_stretch_trajectory(self, goal_handle):
+        try:
+            return self._run_stretch_trajectory(goal_handle)
+        finally:
+            with self.lock:
+                self._stretch_reserved = False
+
+    def _run_stretch_trajectory(self, goal_handle):
+        result = FollowJointTrajectory.Result()
+        goal = trajectory_goal_from_msg(goal_handle.request)
+        pending = _Pending()
+        with self.lock:
+            verdict = self.stretch.start(goal)
+            if verdict.ok:
+                self._stretch_goal = pending
+        if not verdict.ok:
+            self.get_logger().warning(f"trajectory rejected ({verdict.code.name}): "
+                                      f"{verdict.message}")
+            result.error_code, result.error_string = int(verdict.code), verdict.message
+            goal_handle.abort()
+            return result
+        feedback = FollowJointTrajectory.Feedback()
+        while not pending.done.wait(0.05):
+            if goal_handle.is_cancel_requested:
+                with self.lock:
+                    if self._stretch_goal is pending:
+                        self.stretch.stop("canceled by the client")
+                        self._stretch_goal = None
+                result.error_string = "canceled by the client; holding position"
+                goal_handle.canceled()
+                return result
+            with self.lock:
+                names, desired, actual, error = self.stretch.feedback()
+            feedback.header.stamp = self.stamp(self.sim.time)
+            feedback.joint_names = list(names)
+            feedback.desired.positions = desired.tolist()
+            feedback.actual.positions = actual.tolist()
+            feedback.error.positions = error.tolist()
+            goal_handle.publish_feedback(feedback)
+        verdict = pending.outcome
+        result.error_code, result.error_string = int(verdict.code), verdict.message
+        if verdict.code == ResultCode.SUCCESSFUL:
+            goal_handle.succeed()
+        else:
+            self.get_logger().warning(f"trajectory aborted ({verdict.code.name}): "
+                                      f"{verdict.message}")
+            goal_handle.abort()
+        return result
+
+    def _mode_service(self, mode: str):
+        def switch(_request, response):
+            with self.lock:
+                ok, message, aborted = self.stretch.set_mode(mode)
+                self._finish_stretch(aborted)
+            response.success, response.message = ok, message
+            return response
+        return switch
+
+    def _on_stop_the_robot(self, _request, response):
+        with self.lock:
+            aborted = self.stretch.stop()
+            self._finish_stretch(aborted)
+        response.success = True
+        response.message = "stopped the robot" + ("; aborted the active goal" if aborted else "")
+        return response
+
+    def _pose_service(self, pose: str):
+        def move(_request, response):
+            pending = _Pending()
+            with self.lock:
+                verdict = self.stretch.home() if pose == "home" else self.stretch.stow()
+                if verdict.ok:
+                    self._stretch_goal = pending
+            if verdict.ok and not pending.done.wait(60.0):
+                with self.lock:
+                    if self._stretch_goal is pending:
+                        self.stretch.stop(f"{pose} timed out")
+                        self._stretch_goal = None
+                verdict = None
+            elif verdict.ok:
+                verdict = pending.outcome
+            response.success = verdict is not None and verdict.ok
+            response.message = (f"{pose} done" if response.success else
+                                f"{pose} failed: {verdict.message if verdict else 'timed out'}")
+            return response
+        return move
+
+    def _on_runstop(self, request, response):
+        with self.lock:
+            message, aborted = self.stretch.set_runstop(request.data)
+            self._finish_stretch(aborted)
+        response.success, response.message = True, message
+        return response
+
+    def _on_reset(self, _request, response):
+        if self.robot == "stretch":
+            with self.lock:
+                self._finish_stretch(self.stretch.stop("simulation reset"))
+                self.sim.reset()
+            response.success, response.message = True, "reset the stretch scene"
+            return response
+        with self.lock:
+            for pending in (self._arm_goal, self._gripper_goal):
+                if pending is not None:
+                    pending.superseded = True
+                    pending.done.set()
+            self._arm_goal = self._gripper_goal = None
+            self.arm.hold()
+            self.gripper.stop()
+            self.sim.reset()
+        response.success, response.message = True, f"reset {self.task_name} seed {self.seed}"
+        return response
+
+    def shutdown(self) -> None:
+        """Stop the physics and camera threads and wait for them."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point: spin the simulator until SIGINT."""
+    rclpy.init(args=args)
+    try:
+        node = MujocoSim()
+    except ValueError as error:
+        rclpy.logging.get_logger("mujoco_sim").fatal(f"bad parameters: {error}")
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,207 @@
+"""The simulator node as a Stretch (``-p robot:=stretch``) over real DDS.
+
+Driven from this process as stretch_driver's clients would drive the robot.
+
+One ``mujoco_sim`` process (the installed executable) serves every test in this module.
+"""
+
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import rclpy
+from action_msgs.msg import GoalStatus
+from ament_index_python.packages import get_package_prefix
+from control_msgs.action import FollowJointTrajectory
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import SetBool, Trigger
+
+from failrecov_ros.robots import stretch
+from failrecov_ros.ros.conversions import joint_trajectory_msg
+from failrecov_ros.ros.qos import sensor_qos
+
+CAMERA = "camera/camera"
+
+
+class Client:
+    """joint_states and camera subscriptions, the action client and the service clients."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("stretch_sim_test_client", context=context)
+        self.executor = MultiThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.joint_states: list[JointState] = []
+        self.images: list[Image] = []
+        self.node.create_subscription(JointState, "joint_states", self._on_joints, 50)
+        self.node.create_subscription(Image, f"{CAMERA}/color/image_raw", self._on_image,
+                                      sensor_qos(depth=5))
+        self.action = ActionClient(self.node, FollowJointTrajectory,
+                                   stretch.FOLLOW_JOINT_TRAJECTORY_ACTION)
+        self.triggers = {name: self.node.create_client(Trigger, name)
+                         for name in stretch.TRIGGER_SERVICES}
+        self.runstop_client = self.node.create_client(SetBool, stretch.RUNSTOP_SERVICE)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_joints(self, msg):
+        with self.lock:
+            self.joint_states.append(msg)
+            del self.joint_states[:-200]
+
+    def _on_image(self, msg):
+        with self.lock:
+            self.images.append(msg)
+            del self.images[:-10]
+
+    def joints(self) -> dict[str, float]:
+        with self.lock:
+            msg = self.joint_states[-1]
+        return dict(zip(msg.name, msg.position, strict=True))
+
+    @staticmethod
+    def wait(future, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future.done(), "no answer in time"
+        return future.result()
+
+    def send(self, names, positions, accepted=True):
+        goal = FollowJointTrajectory.Goal()
+        goal.trajectory = joint_trajectory_msg(names, [(0.0, positions)])
+        handle = self.wait(self.action.send_goal_async(goal))
+        assert handle.accepted == accepted
+        return handle
+
+    def run(self, names, positions):
+        return self.wait(self.send(names, positions).get_result_async())
+
+    def trigger(self, name):
+        return self.wait(self.triggers[name].call_async(Trigger.Request()))
+
+    def runstop(self, on):
+        return self.wait(self.runstop_client.call_async(SetBool.Request(data=on)))
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+def wait_until(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    exe = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros/mujoco_sim"
+    process = subprocess.Popen(
+        [exe, "--ros-args", "-p", "robot:=stretch", "-p", "camera.fps:=5.0",
+         "-p", "camera.width:=320", "-p", "camera.height:=240"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    client = Client(context)
+    try:
+        assert wait_until(lambda: client.joint_states and client.images, 90), (
+            "simulator did not come up")
+        assert client.action.wait_for_server(timeout_sec=20)
+        for service in (*client.triggers.values(), client.runstop_client):
+            assert service.wait_for_service(timeout_sec=20)
+        yield client
+    finally:
+        client.close()
+        rclpy.try_shutdown(context=context)
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        print(output[-3000:])
+
+
+def test_joint_states_use_stretch_driver_names(sim):
+    msg = sim.joint_states[-1]
+    assert list(msg.name) == list(stretch.JOINT_STATE_NAMES)
+    assert len(msg.position) == len(msg.velocity) == len(stretch.JOINT_STATE_NAMES)
+    joints = sim.joints()
+    assert joints["joint_lift"] == pytest.approx(stretch.HOME["joint_lift"], abs=0.02)
+
+
+def test_lift_and_arm_goal_succeeds_and_converges(sim):
+    response = sim.run(["joint_lift", "wrist_extension"], [0.75, 0.25])
+    assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.error_string
+    assert response.result.error_code == FollowJointTrajectory.Result.SUCCESSFUL
+    assert wait_until(lambda: abs(sim.joints()["joint_lift"] - 0.75) < 0.01
+                      and abs(sim.joints()["wrist_extension"] - 0.25) < 0.02, 5), sim.joints()
+
+
+def test_second_goal_is_rejected_while_one_is_active(sim):
+    first = sim.send(["joint_lift"], [0.4])
+    time.sleep(0.3)
+    sim.send(["joint_lift"], [0.9], accepted=False)
+    result = sim.wait(first.get_result_async())
+    assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
+
+
+def test_unknown_joint_is_invalid_joints(sim):
+    response = sim.run(["joint_lift", "panda_joint2"], [0.5, 0.0])
+    assert response.status == GoalStatus.STATUS_ABORTED
+    assert response.result.error_code == FollowJointTrajectory.Result.INVALID_JOINTS
+    assert "panda_joint2" in response.result.error_string
+
+
+def test_stop_the_robot_aborts_the_active_goal(sim):
+    start = sim.joints()["joint_lift"]
+    handle = sim.send(["joint_lift"], [1.0])
+    time.sleep(0.8)
+    stopped = sim.trigger(stretch.STOP_SERVICE)
+    assert stopped.success and "aborted" in stopped.message
+    result = sim.wait(handle.get_result_async())
+    assert result.status == GoalStatus.STATUS_ABORTED
+    assert "stop_the_robot" in result.result.error_string
+    time.sleep(0.5)
+    held = sim.joints()["joint_lift"]
+    assert start + 0.01 < held < 0.98  # stopped part-way
+    time.sleep(0.5)
+    assert sim.joints()["joint_lift"] == pytest.approx(held, abs=0.005)
+
+
+def test_runstop_refuses_goals_until_released(sim):
+    assert sim.runstop(True).success
+    before = sim.joints()["joint_lift"]
+    response = sim.run(["joint_lift"], [0.6])
+    assert response.status == GoalStatus.STATUS_ABORTED
+    assert "runstop" in response.result.error_string
+    assert sim.joints()["joint_lift"] == pytest.approx(before, abs=0.005)
+    assert sim.runstop(False).success
+    response = sim.run(["joint_lift"], [0.6])
+    assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.error_string
+
+
+def test_modes_and_stow(sim):
+    response = sim.trigger(stretch.MODE_SERVICES[stretch.NAVIGATION_MODE])
+    assert response.success and "navigation" in response.message
+    base = sim.run(["translate_mobile_base"], [0.1])
+    assert base.status == GoalStatus.STATUS_ABORTED and "position mode" in base.result.error_string
+    assert sim.trigger(stretch.MODE_SERVICES[stretch.POSITION_MODE]).success
+    stowed = sim.trigger(stretch.STOW_SERVICE)
+    assert stowed.success, stowed.message
+    assert sim.joints()["joint_lift"] == pytest.approx(stretch.STOW["joint_lift"], abs=0.02)
+
+
+def test_camera_publishes(sim):
+    assert wait_until(lambda: len(sim.images) >= 3, 20)
+    with sim.lock:
+        image = sim.images[-1]
+    assert (image.encoding, image.width, image.height) == ("rgb8", 320, 240)
