@@ -102,6 +102,19 @@ class Client:
         self.node.destroy_node()
 
 
+def wait_still(read, tolerance=1e-3, timeout=10.0):
+    """The value of ``read()`` once it stops changing (joint_states can lag an action result)."""
+    previous = read()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        current = read()
+        if np.max(np.abs(np.asarray(current) - np.asarray(previous))) < tolerance:
+            return current
+        previous = current
+    raise AssertionError(f"still moving after {timeout} s: {previous}")
+
+
 def wait_until(predicate, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -190,10 +203,7 @@ def test_cancel_holds_position(sim):
     sim.wait(handle.cancel_goal_async())
     result = sim.wait(handle.get_result_async())
     assert result.status == GoalStatus.STATUS_CANCELED
-    at_cancel = sim.arm_q()
-    time.sleep(0.4)  # the servo brakes to the position it had when the cancel arrived
-    held = sim.arm_q()
-    assert np.max(np.abs(held - at_cancel)) < 0.05
+    held = wait_still(sim.arm_q)
     assert 0.02 < held[0] - HOME[0] < 0.5  # stopped part-way, not at the goal (+0.6)
     time.sleep(0.5)
     assert np.max(np.abs(sim.arm_q() - held)) < 0.005
@@ -235,8 +245,8 @@ def test_gripper_move_grasp_homing_and_bad_width(sim):
     moved = sim.run(sim.move, Move.Goal(width=0.03, speed=0.1))
     assert moved.status == GoalStatus.STATUS_SUCCEEDED and moved.result.success
     # joint_states may still be in flight when the result arrives: wait for them to catch up.
-    assert wait_until(lambda: abs(width() - 0.03) < 0.004, 3), width()
-    before = width()
+    before = wait_still(width)
+    assert before == pytest.approx(0.03, abs=0.004)
     bad = sim.run(sim.move, Move.Goal(width=0.2, speed=0.1))
     assert bad.status == GoalStatus.STATUS_ABORTED and not bad.result.success
     assert "width 0.2" in bad.result.error
