@@ -4,8 +4,6 @@ One ``mujoco_sim`` process (the installed executable) serves every test in this 
 """
 
 import math
-import signal
-import subprocess
 import threading
 import time
 
@@ -13,12 +11,12 @@ import numpy as np
 import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
-from ament_index_python.packages import get_package_prefix
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from franka_msgs.action import Grasp, Homing, Move
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import CameraInfo, Image, JointState
+from sim_process import running_sim, wait_future, wait_until
 
 from failrecov_ros.robots import fr3
 from failrecov_ros.ros.conversions import joint_trajectory_msg
@@ -82,11 +80,7 @@ class Client:
 
     @staticmethod
     def wait(future, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), "no answer in time"
-        return future.result()
+        return wait_future(future, timeout)
 
     def send(self, client, goal, feedback=None):
         handle = self.wait(client.send_goal_async(goal, feedback_callback=feedback))
@@ -115,42 +109,24 @@ def wait_still(read, tolerance=1e-3, timeout=10.0):
     raise AssertionError(f"still moving after {timeout} s: {previous}")
 
 
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
 
 @pytest.fixture(scope="module")
 def sim():
-    exe = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros/mujoco_sim"
-    process = subprocess.Popen(
-        [exe, "--ros-args", "-p", "task:=pick_cube", "-p", "seed:=3",
-         "-p", "camera.fps:=10.0", "-p", "camera.width:=320", "-p", "camera.height:=240"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    client = Client(context)
-    try:
-        assert wait_until(lambda: client.joint_states and client.images["depth"], 60), (
-            "simulator did not come up")
-        for action in (client.arm, client.move, client.grasp, client.homing,
-                       client.gripper_command):
-            assert action.wait_for_server(timeout_sec=20)
-        yield client
-    finally:
-        client.close()
-        rclpy.try_shutdown(context=context)
-        process.send_signal(signal.SIGINT)
+    with running_sim("task:=pick_cube", "seed:=3", "camera.fps:=10.0", "camera.width:=320",
+                     "camera.height:=240"):
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        client = Client(context)
         try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-        print(output[-3000:])
+            assert wait_until(lambda: client.joint_states and client.images["depth"], 60), (
+                "simulator did not come up")
+            for action in (client.arm, client.move, client.grasp, client.homing,
+                           client.gripper_command):
+                assert action.wait_for_server(timeout_sec=20)
+            yield client
+        finally:
+            client.close()
+            rclpy.try_shutdown(context=context)
 
 
 def trajectory_goal(points, joints=fr3.ARM_JOINTS):

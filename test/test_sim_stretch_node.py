@@ -5,19 +5,17 @@ Driven from this process as stretch_driver's clients would drive the robot.
 One ``mujoco_sim`` process (the installed executable) serves every test in this module.
 """
 
-import signal
-import subprocess
 import threading
 import time
 
 import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
-from ament_index_python.packages import get_package_prefix
 from control_msgs.action import FollowJointTrajectory
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image, JointState
+from sim_process import running_sim, wait_future, wait_until
 from std_srvs.srv import SetBool, Trigger
 
 from failrecov_ros.robots import stretch
@@ -65,11 +63,7 @@ class Client:
 
     @staticmethod
     def wait(future, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), "no answer in time"
-        return future.result()
+        return wait_future(future, timeout)
 
     def send(self, names, positions, accepted=True):
         goal = FollowJointTrajectory.Goal()
@@ -92,42 +86,24 @@ class Client:
         self.node.destroy_node()
 
 
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
 
 @pytest.fixture(scope="module")
 def sim():
-    exe = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros/mujoco_sim"
-    process = subprocess.Popen(
-        [exe, "--ros-args", "-p", "robot:=stretch", "-p", "camera.fps:=5.0",
-         "-p", "camera.width:=320", "-p", "camera.height:=240"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    client = Client(context)
-    try:
-        assert wait_until(lambda: client.joint_states and client.images, 90), (
-            "simulator did not come up")
-        assert client.action.wait_for_server(timeout_sec=20)
-        for service in (*client.triggers.values(), client.runstop_client):
-            assert service.wait_for_service(timeout_sec=20)
-        yield client
-    finally:
-        client.close()
-        rclpy.try_shutdown(context=context)
-        process.send_signal(signal.SIGINT)
+    with running_sim("robot:=stretch", "camera.fps:=5.0", "camera.width:=320",
+                     "camera.height:=240"):
+        context = rclpy.Context()
+        rclpy.init(context=context)
+        client = Client(context)
         try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-        print(output[-3000:])
+            assert wait_until(lambda: client.joint_states and client.images, 90), (
+                "simulator did not come up")
+            assert client.action.wait_for_server(timeout_sec=20)
+            for service in (*client.triggers.values(), client.runstop_client):
+                assert service.wait_for_service(timeout_sec=20)
+            yield client
+        finally:
+            client.close()
+            rclpy.try_shutdown(context=context)
 
 
 def test_joint_states_use_stretch_driver_names(sim):

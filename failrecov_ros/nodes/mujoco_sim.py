@@ -294,16 +294,25 @@ class MujocoSim(Node):
 
     # --- arm -------------------------------------------------------------------------------------
     def _execute_trajectory(self, goal_handle):
+        return self._follow_trajectory(goal_handle, self.arm, "_arm_goal", self.arm.hold)
+
+    def _follow_trajectory(self, goal_handle, controller, slot: str, on_cancel):
+        """Run one FollowJointTrajectory goal on ``controller`` (FR3 or Stretch).
+
+        ``slot`` names the attribute holding the goal the physics thread finishes; a goal
+        already there is preempted (JTC). ``on_cancel`` stops the motion (lock held).
+        """
         result = FollowJointTrajectory.Result()
         goal = trajectory_goal_from_msg(goal_handle.request)
         pending = _Pending()
         with self.lock:
-            verdict = self.arm.start(goal)
+            verdict = controller.start(goal)
             if verdict.ok:
-                if self._arm_goal is not None:
-                    self._arm_goal.superseded = True
-                    self._arm_goal.done.set()
-                self._arm_goal = pending
+                previous = getattr(self, slot)
+                if previous is not None:
+                    previous.superseded = True
+                    previous.done.set()
+                setattr(self, slot, pending)
         if not verdict.ok:
             self.get_logger().warning(f"trajectory rejected ({verdict.code.name}): "
                                       f"{verdict.message}")
@@ -314,14 +323,14 @@ class MujocoSim(Node):
         while not pending.done.wait(0.05):
             if goal_handle.is_cancel_requested:
                 with self.lock:
-                    if self._arm_goal is pending:
-                        self.arm.hold()
-                        self._arm_goal = None
+                    if getattr(self, slot) is pending:
+                        on_cancel()
+                        setattr(self, slot, None)
                 result.error_string = "canceled by the client; holding position"
                 goal_handle.canceled()
                 return result
             with self.lock:
-                names, desired, actual, error = self.arm.feedback()
+                names, desired, actual, error = controller.feedback()
             feedback.header.stamp = self.stamp(self.sim.time)
             feedback.joint_names = list(names)
             feedback.desired.positions = desired.tolist()
@@ -333,8 +342,8 @@ class MujocoSim(Node):
             goal_handle.canceled() if goal_handle.is_cancel_requested else goal_handle.abort()
             return result
         with self.lock:
-            if self._arm_goal is pending:
-                self._arm_goal = None
+            if getattr(self, slot) is pending:
+                setattr(self, slot, None)
         verdict = pending.outcome
         result.error_code, result.error_string = int(verdict.code), verdict.message
         if verdict.code == ResultCode.SUCCESSFUL:
@@ -449,46 +458,8 @@ class MujocoSim(Node):
                 self._stretch_reserved = False
 
     def _run_stretch_trajectory(self, goal_handle):
-        result = FollowJointTrajectory.Result()
-        goal = trajectory_goal_from_msg(goal_handle.request)
-        pending = _Pending()
-        with self.lock:
-            verdict = self.stretch.start(goal)
-            if verdict.ok:
-                self._stretch_goal = pending
-        if not verdict.ok:
-            self.get_logger().warning(f"trajectory rejected ({verdict.code.name}): "
-                                      f"{verdict.message}")
-            result.error_code, result.error_string = int(verdict.code), verdict.message
-            goal_handle.abort()
-            return result
-        feedback = FollowJointTrajectory.Feedback()
-        while not pending.done.wait(0.05):
-            if goal_handle.is_cancel_requested:
-                with self.lock:
-                    if self._stretch_goal is pending:
-                        self.stretch.stop("canceled by the client")
-                        self._stretch_goal = None
-                result.error_string = "canceled by the client; holding position"
-                goal_handle.canceled()
-                return result
-            with self.lock:
-                names, desired, actual, error = self.stretch.feedback()
-            feedback.header.stamp = self.stamp(self.sim.time)
-            feedback.joint_names = list(names)
-            feedback.desired.positions = desired.tolist()
-            feedback.actual.positions = actual.tolist()
-            feedback.error.positions = error.tolist()
-            goal_handle.publish_feedback(feedback)
-        verdict = pending.outcome
-        result.error_code, result.error_string = int(verdict.code), verdict.message
-        if verdict.code == ResultCode.SUCCESSFUL:
-            goal_handle.succeed()
-        else:
-            self.get_logger().warning(f"trajectory aborted ({verdict.code.name}): "
-                                      f"{verdict.message}")
-            goal_handle.abort()
-        return result
+        return self._follow_trajectory(goal_handle, self.stretch, "_stretch_goal",
+                                       lambda: self.stretch.stop("canceled by the client"))
 
     def _mode_service(self, mode: str):
         def switch(_request, response):
