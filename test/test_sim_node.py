@@ -155,7 +155,7 @@ def test_trajectory_goal_converges_and_succeeds(sim):
     assert feedback and list(feedback[-1].feedback.joint_names) == list(fr3.ARM_JOINTS)
     assert wait_until(lambda: np.max(np.abs(sim.arm_q() - target)) < 0.01, 5), sim.arm_q() - target
     back = sim.run(sim.arm, trajectory_goal([(1.5, HOME)]))
-    assert back.result.error_code == 0 and np.max(np.abs(sim.arm_q() - HOME)) < 0.05
+    assert back.result.error_code == 0 and np.max(np.abs(wait_still(sim.arm_q) - HOME)) < 0.05
 
 
 def test_new_goal_preempts_the_active_one(sim):
@@ -169,7 +169,7 @@ def test_new_goal_preempts_the_active_one(sim):
     assert "preempted" in first_result.result.error_string
     second_result = sim.wait(second.get_result_async())
     assert second_result.status == GoalStatus.STATUS_SUCCEEDED
-    assert np.max(np.abs(sim.arm_q() - other)) < 0.05
+    assert np.max(np.abs(wait_still(sim.arm_q) - other)) < 0.05
     assert sim.run(sim.arm, trajectory_goal([(1.5, HOME)])).result.error_code == 0
 
 
@@ -205,7 +205,7 @@ BAD_GOALS = {
 @pytest.mark.parametrize("case", BAD_GOALS, ids=list(BAD_GOALS))
 def test_bad_trajectory_goals_get_their_code_and_never_move(sim, case):
     goal, code, mentions = BAD_GOALS[case]
-    before = sim.arm_q()
+    before = wait_still(sim.arm_q)  # at rest (and joint_states caught up) before the goal
     response = sim.run(sim.arm, goal)
     assert response.status == GoalStatus.STATUS_ABORTED
     assert response.result.error_code == code
