@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 from ament_index_python.packages import get_package_prefix
 
 
@@ -16,6 +17,19 @@ def wait_until(predicate, timeout=20.0):
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def wait_still(read, tolerance=1e-3, timeout=10.0):
+    """The value of ``read()`` once it stops changing (joint_states can lag an action result)."""
+    previous = read()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        current = read()
+        if np.max(np.abs(np.asarray(current) - np.asarray(previous))) < tolerance:
+            return current
+        previous = current
+    raise AssertionError(f"still moving after {timeout} s: {previous}")
 
 
 def wait_future(future, timeout=30.0):

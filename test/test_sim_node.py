@@ -16,7 +16,7 @@ from franka_msgs.action import Grasp, Homing, Move
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from sim_process import running_sim, wait_future, wait_until
+from sim_process import running_sim, wait_future, wait_still, wait_until
 
 from failrecov_ros.robots import fr3
 from failrecov_ros.ros.conversions import joint_trajectory_msg
@@ -94,19 +94,6 @@ class Client:
     def close(self):
         self.executor.shutdown()
         self.node.destroy_node()
-
-
-def wait_still(read, tolerance=1e-3, timeout=10.0):
-    """The value of ``read()`` once it stops changing (joint_states can lag an action result)."""
-    previous = read()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        current = read()
-        if np.max(np.abs(np.asarray(current) - np.asarray(previous))) < tolerance:
-            return current
-        previous = current
-    raise AssertionError(f"still moving after {timeout} s: {previous}")
 
 
 

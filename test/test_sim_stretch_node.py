@@ -15,7 +15,7 @@ from control_msgs.action import FollowJointTrajectory
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import Image, JointState
-from sim_process import running_sim, wait_future, wait_until
+from sim_process import running_sim, wait_future, wait_still, wait_until
 from std_srvs.srv import SetBool, Trigger
 
 from failrecov_ros.robots import stretch
@@ -146,8 +146,7 @@ def test_stop_the_robot_aborts_the_active_goal(sim):
     result = sim.wait(handle.get_result_async())
     assert result.status == GoalStatus.STATUS_ABORTED
     assert "stop_the_robot" in result.result.error_string
-    time.sleep(0.5)
-    held = sim.joints()["joint_lift"]
+    held = wait_still(lambda: sim.joints()["joint_lift"])
     assert start + 0.01 < held < 0.98  # stopped part-way
     time.sleep(0.5)
     assert sim.joints()["joint_lift"] == pytest.approx(held, abs=0.005)
@@ -155,10 +154,11 @@ def test_stop_the_robot_aborts_the_active_goal(sim):
 
 def test_runstop_refuses_goals_until_released(sim):
     assert sim.runstop(True).success
-    before = sim.joints()["joint_lift"]
+    before = wait_still(lambda: sim.joints()["joint_lift"])
     response = sim.run(["joint_lift"], [0.6])
     assert response.status == GoalStatus.STATUS_ABORTED
     assert "runstop" in response.result.error_string
+    time.sleep(0.3)
     assert sim.joints()["joint_lift"] == pytest.approx(before, abs=0.005)
     assert sim.runstop(False).success
     response = sim.run(["joint_lift"], [0.6])
@@ -173,7 +173,8 @@ def test_modes_and_stow(sim):
     assert sim.trigger(stretch.MODE_SERVICES[stretch.POSITION_MODE]).success
     stowed = sim.trigger(stretch.STOW_SERVICE)
     assert stowed.success, stowed.message
-    assert sim.joints()["joint_lift"] == pytest.approx(stretch.STOW["joint_lift"], abs=0.02)
+    lift = wait_still(lambda: sim.joints()["joint_lift"])  # joint_states can lag the reply
+    assert lift == pytest.approx(stretch.STOW["joint_lift"], abs=0.02)
 
 
 def test_camera_publishes(sim):
