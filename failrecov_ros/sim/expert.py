@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 
 from failrecov_ros.sim.ik import DlsIk
-from failrecov_ros.sim.scene import Simulation
+from failrecov_ros.sim.scene import SimState, Simulation
 from failrecov_ros.sim.tasks import TARGET, Task
 
 CARRY_HEIGHT = 0.15
@@ -118,11 +118,14 @@ class Episode:
     tcp_quat: np.ndarray
     target_pose: np.ndarray
     stage_index: np.ndarray
+    segment_index: np.ndarray
+    gripper_command: np.ndarray
     events: list[dict[str, Any]]
     plan: list[Segment]
     success: bool
     details: dict[str, Any]
     timed_out: bool
+    states: list[SimState] = dataclasses.field(default_factory=list, repr=False)
 
     def keyframes(self) -> list[dict[str, Any]]:
         """The gripper keyframe events, in order."""
@@ -218,7 +221,8 @@ class ExpertRunner:
     def __init__(self, sim: Simulation, task: Task, faults: Faults | None = None, *,
                  record_hz: float = 10.0,
                  on_record: Callable[[Simulation, int], None] | None = None,
-                 time_limit_margin: float = 1.25) -> None:
+                 time_limit_margin: float = 1.25, keep_states: bool = False,
+                 gripper_command: float | None = None) -> None:
         self.sim, self.task, self.faults = sim, task, faults or Faults()
         self.record_hz, self.on_record = record_hz, on_record
         self.ik = DlsIk(sim.model, sim.binding.tcp_site, sim.binding.arm_joints,
@@ -227,6 +231,11 @@ class ExpertRunner:
 
         self.velocity_limit = fr3.ARM_LIMITS.velocity
         self.time_limit_margin = time_limit_margin
+        self.keep_states = keep_states
+        self._states: list[SimState] = []
+        self._segment = 0
+        self._gripper_command = (sim.binding.max_gripper_width if gripper_command is None
+                                 else float(gripper_command))
         self._record_every = max(1, round(1.0 / (record_hz * sim.timestep)))
         self._step = 0
         self._rows: list[tuple] = []
@@ -250,6 +259,7 @@ class ExpertRunner:
                 self._scheduled.remove(item)
                 _, width, force, name = item
                 self.sim.set_gripper(width, force)
+                self._gripper_command = width
                 self._event(name, width=width, force=force)
             if self._step % self._record_every == 0:
                 self._record()
@@ -264,7 +274,9 @@ class ExpertRunner:
         tpos, tquat = sim.object_pose(TARGET)
         self._rows.append((sim.time, sim.arm_positions(), sim.arm_velocities(),
                            sim.finger_positions(), pos, quat, np.concatenate([tpos, tquat]),
-                           self._stage))
+                           self._stage, self._segment, self._gripper_command))
+        if self.keep_states:
+            self._states.append(sim.save_state())
         if self.on_record is not None:
             self.on_record(sim, len(self._rows) - 1)
 
@@ -298,9 +310,9 @@ class ExpertRunner:
         duration = max(distance / segment.speed, 1.875 * joint_span / VELOCITY_FRACTION, 0.3)
         steps = max(1, round(duration / self.sim.timestep))
         knots = np.linspace(0.0, 1.0, len(path))
-        for i in range(1, steps + 1):
-            s = float(_min_jerk(i / steps))
-            q = np.array([np.interp(s, knots, path[:, j]) for j in range(path.shape[1])])
+        s = _min_jerk(np.arange(1, steps + 1) / steps)
+        targets = np.stack([np.interp(s, knots, path[:, j]) for j in range(path.shape[1])], 1)
+        for q in targets:
             self.sim.set_arm_targets(q)
             self._advance()
         self._advance(round(SETTLE_S / self.sim.timestep))
@@ -335,7 +347,7 @@ class ExpertRunner:
         self._deadline = round(nominal * self.time_limit_margin / sim.timestep) + 500
         current = None
         try:
-            for segment in plan:
+            for self._segment, segment in enumerate(plan):
                 if segment.stage != current:
                     current = segment.stage
                     self._stage = self.stages.index(current)
@@ -371,6 +383,7 @@ class ExpertRunner:
             + np.array(self._target(segment)[0]) * fraction))
         self._move(first)
         self.sim.set_gripper(self.sim.binding.max_gripper_width, GRASP_FORCE)
+        self._gripper_command = self.sim.binding.max_gripper_width
         self._event("fault_early_open", after_steps=self._step - steps_before)
         self._move(segment)
 
@@ -395,8 +408,9 @@ class ExpertRunner:
             arm_dq=np.array(columns[2]), fingers=np.array(columns[3]),
             tcp_position=np.array(columns[4]), tcp_quat=np.array(columns[5]),
             target_pose=np.array(columns[6]), stage_index=np.array(columns[7]),
+            segment_index=np.array(columns[8]), gripper_command=np.array(columns[9]),
             events=self.events, plan=plan, success=success, details=details,
-            timed_out=self.timed_out)
+            timed_out=self.timed_out, states=self._states)
 
 
 class _TimeUpError(Exception):

@@ -46,13 +46,18 @@ class DlsIk:
         return self.data.site_xpos[self.site_id].copy(), rotation
 
     def solve(self, position, rotation, q_init, *, iterations: int = 200,
-              position_tolerance: float = 5e-4, rotation_tolerance: float = 5e-3) -> IkResult:
-        """Joints reaching ``position`` (3,) with site orientation ``rotation`` (3x3)."""
+              position_tolerance: float = 5e-4, rotation_tolerance: float = 5e-3,
+              stall_iterations: int = 12) -> IkResult:
+        """Joints reaching ``position`` (3,) with site orientation ``rotation`` (3x3).
+
+        Stops after ``iterations`` or once ``stall_iterations`` pass without a 1% gain.
+        """
         q = np.clip(np.asarray(q_init, float).copy(), self.lower, self.upper)
         target_quat = np.empty(4)
         mujoco.mju_mat2Quat(target_quat, np.asarray(rotation, float).reshape(9))
         jac_pos = np.zeros((3, self.model.nv))
         jac_rot = np.zeros((3, self.model.nv))
+        best, since_best = np.inf, 0
         for _ in range(iterations):
             pos, mat = self.forward(q)
             error_pos = np.asarray(position, float) - pos
@@ -60,6 +65,14 @@ class DlsIk:
             p_err, r_err = float(np.linalg.norm(error_pos)), float(np.linalg.norm(error_rot))
             if p_err < position_tolerance and r_err < rotation_tolerance:
                 return IkResult(q, p_err, r_err, True)
+            # Unreachable targets (a joint pinned at its limit) stop improving: give up early.
+            total = p_err + 0.1 * r_err
+            if total < 0.99 * best:
+                best, since_best = total, 0
+            else:
+                since_best += 1
+                if since_best >= stall_iterations:
+                    break
             mujoco.mj_comPos(self.model, self.data)
             mujoco.mj_jacSite(self.model, self.data, jac_pos, jac_rot, self.site_id)
             jac = np.vstack([jac_pos[:, self.dof_index], jac_rot[:, self.dof_index]])

@@ -338,6 +338,15 @@ def build_spec(config: SceneConfig) -> tuple[mujoco.MjSpec, RobotBinding]:
     return spec, binding
 
 
+@dataclasses.dataclass(frozen=True)
+class SimState:
+    """A saved instant of a :class:`Simulation` (see ``save_state``)."""
+
+    integration: np.ndarray
+    forcerange: np.ndarray
+    friction: np.ndarray
+
+
 class Simulation:
     """A compiled scene with its physics state and the robot-level controls the expert uses."""
 
@@ -415,6 +424,27 @@ class Simulation:
         """Object position and quaternion (w, x, y, z) in the world frame."""
         body = self.data.body(name)
         return body.xpos.copy(), body.xquat.copy()
+
+    def save_state(self) -> SimState:
+        """Everything a later :meth:`restore_state` needs to continue from this instant.
+
+        The gripper force limit and object friction are model parameters that faults change,
+        so they are saved with the integration state.
+        """
+        size = mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION)
+        state = np.empty(size)
+        mujoco.mj_getState(self.model, self.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return SimState(state, self.model.actuator_forcerange.copy(),
+                        self.model.geom_friction.copy())
+
+    def restore_state(self, state: SimState, *, nominal_friction: bool = False) -> None:
+        """Continue from a saved instant (``nominal_friction`` drops a slip fault's friction)."""
+        mujoco.mj_setState(self.model, self.data, state.integration,
+                           mujoco.mjtState.mjSTATE_INTEGRATION)
+        self.model.actuator_forcerange[:] = state.forcerange
+        self.model.geom_friction[:] = (self._initial_friction if nominal_friction
+                                       else state.friction)
+        mujoco.mj_forward(self.model, self.data)
 
     def is_finite(self) -> bool:
         """False once the physics state holds NaN or inf (a diverged simulation)."""

@@ -1,0 +1,171 @@
+"""Run the engine over chunks of attempts in worker processes, resumably, with a progress bar.
+
+The dataset is the accepted rows of chunks 0..c*, where c* is the first chunk at which the
+running total of accepted samples reaches the target. Chunks are pure functions of the config,
+so that set is the same for any number of workers; chunks computed past c* by a parallel run
+are dropped. Each finished attempt is staged on disk before the next one starts, so a run
+killed at any moment (or a worker that dies) loses at most the attempt in progress.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import logging
+import multiprocessing
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from failrecov_ros.core.safety import MotionThresholds
+from failrecov_ros.datagen import dataset
+from failrecov_ros.datagen.config import DatagenConfig, from_dict
+from failrecov_ros.datagen.engine import Engine, calibrate
+
+_LOG = logging.getLogger(__name__)
+CALIBRATION_FILE = "calibration.json"
+MAX_WORKER_CRASHES = 3
+_WORKER: dict[str, Any] = {}
+
+
+def thresholds_for(config: DatagenConfig, out_dir: Path) -> MotionThresholds:
+    """Calibrated kinematic thresholds, computed once per output directory and reused."""
+    path = out_dir / CALIBRATION_FILE
+    if path.exists():
+        return MotionThresholds(**json.loads(path.read_text()))
+    thresholds = calibrate(config)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(thresholds.to_dict(), indent=2))
+    tmp.replace(path)
+    return thresholds
+
+
+def _init_worker(config: dict, thresholds: dict, out_dir: str) -> None:
+    cfg = from_dict(config)
+    _WORKER.update(engine=Engine(cfg, MotionThresholds(**thresholds)), config=cfg,
+                   store=dataset.ChunkStore(out_dir, cfg.image_format))
+
+
+def run_chunk(chunk: int) -> dict[str, Any]:
+    """Compute (or finish) one chunk in this worker and commit it; returns its counts."""
+    config: DatagenConfig = _WORKER["config"]
+    engine: Engine = _WORKER["engine"]
+    store: dataset.ChunkStore = _WORKER["store"]
+    attempts = range(chunk * config.chunk_size, (chunk + 1) * config.chunk_size)
+    done = store.staged(chunk)
+    for attempt in attempts:
+        if attempt not in done:
+            rows = engine.attempt(attempt)
+            store.stage(chunk, attempt, rows)
+            done[attempt] = rows
+    rows = [row for attempt in attempts for row in done[attempt]]
+    rows.sort(key=lambda r: (r["attempt"], r["sample_id"]))
+    store.commit(chunk, rows, attempts)
+    return {"chunk": chunk, "accepted": sum(r["accepted"] for r in rows), "rows": len(rows),
+            "by_type": dict(Counter(r["failure_type"] for r in rows if r["accepted"]))}
+
+
+def _chunk_counts(store: dataset.ChunkStore, chunk_size: int) -> dict[int, int]:
+    done = store.done_chunks()
+    counts = dict.fromkeys(done, 0)
+    for row in store.read_attempts_table().select(["attempt", "accepted"]).to_pylist():
+        counts[row["attempt"] // chunk_size] += int(row["accepted"])
+    return counts
+
+
+def generate(config: DatagenConfig, out_dir: str | Path, samples: int, workers: int = 1, *,
+             command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Generate until at least ``samples`` verified samples exist; resumes an existing run."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    out_dir = Path(out_dir)
+    store = dataset.open_or_create(out_dir, config.to_dict(), config.seed, config.image_format)
+    thresholds = thresholds_for(config, out_dir)
+    counts = _chunk_counts(store, config.chunk_size)
+    started, state = time.monotonic(), {"accepted": 0, "rows": 0}
+    bar = _progress(samples, progress)
+
+    def prefix() -> tuple[int, int | None]:
+        total, chunk = 0, 0
+        while chunk in counts:
+            total += counts[chunk]
+            if total >= samples:
+                return total, chunk
+            chunk += 1
+        return total, None
+
+    def record(result: dict[str, Any]) -> None:
+        counts[result["chunk"]] = result["accepted"]
+        state["accepted"] += result["accepted"]
+        state["rows"] += result["rows"]
+        if bar is not None:
+            bar.update(result["accepted"])
+            bar.set_postfix(retention=f"{state['accepted'] / max(1, state['rows']):.0%}")
+
+    if bar is not None:
+        bar.update(min(samples, prefix()[0]))
+    crashes = 0
+    while prefix()[1] is None:
+        pending = [c for c in range(_next_chunks(counts, workers)) if c not in counts]
+        try:
+            if workers <= 1:
+                if "engine" not in _WORKER:
+                    _init_worker(config.to_dict(), thresholds.to_dict(), str(out_dir))
+                for chunk in pending:
+                    record(run_chunk(chunk))
+                    if prefix()[1] is not None:
+                        break
+            else:
+                _run_parallel(config, thresholds, out_dir, pending, workers, record,
+                              lambda: prefix()[1] is not None)
+        except futures.process.BrokenProcessPool as error:
+            crashes += 1
+            _LOG.warning(f"a worker died ({error}); restarting ({crashes}/{MAX_WORKER_CRASHES}),"
+                         " finished attempts are kept")
+            if crashes >= MAX_WORKER_CRASHES:
+                raise RuntimeError(f"workers crashed {crashes} times; the staged attempts in "
+                                   f"{out_dir}/staging are kept, rerun to resume") from error
+    if bar is not None:
+        bar.close()
+    if "engine" in _WORKER:
+        _WORKER.pop("engine").close()
+        _WORKER.clear()
+    total, last = prefix()
+    for chunk in [c for c in store.done_chunks() if c > last]:  # computed past the target
+        store.data_path(chunk).unlink(missing_ok=True)
+        store.attempts_path(chunk).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "staging", ignore_errors=True)
+    card = dataset.write_card(out_dir, command=command, config={
+        **config.to_dict(), "kinematic_thresholds": thresholds.to_dict()},
+        target_samples=samples)
+    elapsed = time.monotonic() - started
+    return {"accepted": total, "chunks": last + 1, "elapsed_s": elapsed, "card": card,
+            "new_accepted": state["accepted"]}
+
+
+def _next_chunks(counts: dict[int, int], workers: int) -> int:
+    return max(counts, default=-1) + 1 + max(1, workers) * 2
+
+
+def _run_parallel(config, thresholds, out_dir, pending, workers, record, finished) -> None:
+    context = multiprocessing.get_context("spawn")  # no inherited GL or physics state
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(config.to_dict(), thresholds.to_dict(),
+                                               str(out_dir))) as pool:
+        jobs = {pool.submit(run_chunk, chunk): chunk for chunk in pending}
+        for job in futures.as_completed(jobs):
+            record(job.result())
+            if finished():
+                for other in jobs:
+                    other.cancel()
+                break
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", desc="verified samples", smoothing=0.05)

@@ -1,0 +1,343 @@
+"""Data engine: operators, labels, verifiers, determinism, kill -9 resume, recorded bags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from failrecov_ros.core import geometry
+from failrecov_ros.core.limits import JointLimit, JointLimits
+from failrecov_ros.core.safety import MotionThresholds, calibrate_thresholds, check_joint_path
+from failrecov_ros.datagen import actions
+from failrecov_ros.datagen.bags import read_demonstration, write_episode_bag
+from failrecov_ros.datagen.config import DatagenConfig, from_dict, load
+from failrecov_ros.datagen.engine import (
+    AttemptSpec,
+    Engine,
+    attempt_spec,
+    stream_from_episode,
+)
+from failrecov_ros.datagen.recorded import stream_from_demonstration, task_from_demonstration
+from failrecov_ros.datagen.runner import generate
+from failrecov_ros.datagen.world_model import PhysicsWorldModel
+from failrecov_ros.robots import fr3
+from failrecov_ros.sim.expert import DOWN, run_expert
+from failrecov_ros.sim.scene import Simulation
+from failrecov_ros.sim.tasks import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+THRESHOLDS = MotionThresholds(velocity=2.5, acceleration=8.0)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """A clean pick_cube demonstration, its simulation and its action stream."""
+    task = make_task("pick_cube", 0)
+    episode = run_expert(task)
+    sim = Simulation(task.scene)
+    return task, episode, sim, stream_from_episode(episode, sim)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return PhysicsWorldModel()
+
+
+# --- action-stream operators -----------------------------------------------------------------
+def _stream(n=40, k=20):
+    closure = np.zeros(n)
+    closure[k:] = 1.0
+    tcp = np.tile([0.5, 0.0, 0.2, 1, 0, 0, 0], (n, 1)).astype(float)
+    return actions.ActionStream.from_states(np.arange(n) * 0.1, np.zeros((n, 7)), tcp, closure)
+
+
+def test_keyframes_from_measured_width():
+    width = np.r_[np.full(10, 0.08), np.linspace(0.08, 0.04, 5), np.full(10, 0.04),
+                  np.linspace(0.04, 0.08, 4), np.full(5, 0.08)]
+    closure = actions.closure_from_width(width)
+    assert actions.keyframes(closure) == [(10, "close"), (25, "open")]  # first falling step
+
+
+def test_delay_close_shifts_the_close_inside_the_window_only():
+    stream = _stream()
+    delayed = actions.delay_close(stream, 20, 8, 5)
+    assert actions.keyframes(delayed.closure) == [(25, "close")]
+    short = actions.delay_close(stream, 20, 2, 5)  # the window ends first: closes at k + w + 1
+    assert actions.keyframes(short.closure) == [(23, "close")]
+    with pytest.raises(ValueError, match="delay must be positive"):
+        actions.delay_close(stream, 20, 8, 0)
+
+
+def test_weak_close_scales_until_the_gripper_opens_and_force_open_stays_open():
+    stream = _stream()
+    stream = stream.replace(closure=np.r_[stream.closure[:30], np.zeros(10)])
+    weak = actions.weak_close(stream, 20, 3, 0.1)
+    assert np.allclose(weak.closure[20:30], 0.1) and np.all(weak.closure[30:] == 0)
+    opened = actions.force_open(stream, 20, 3)
+    assert np.all(opened.closure[17:24] == 0) and opened.closure[24] == 1.0
+
+
+def test_translation_offsets_the_window_and_fades():
+    stream = _stream()
+    moved = actions.translation(stream, 20, 4, (0.03, -0.02), ramp=3)
+    offset = moved.tcp[:, :2] - stream.tcp[:, :2]
+    assert np.allclose(offset[16:25], [0.03, -0.02])
+    assert np.allclose(offset[:13], 0) and np.allclose(offset[28:], 0)
+    assert np.all(np.abs(np.diff(offset[:, 0])) <= 0.03 / 2 + 1e-9)  # no jump
+    assert moved.moved[14] and not moved.moved[5]
+
+
+def test_action_stream_rejects_nan_and_unknown_operator():
+    with pytest.raises(ValueError, match="NaN"):
+        actions.ActionStream.from_states([0, 0.1], np.full((2, 7), np.nan), np.zeros((2, 7)),
+                                         [0, 0])
+    with pytest.raises(ValueError, match="unknown operator"):
+        actions.apply(_stream(), "wobble", 20, 3)
+
+
+# --- each operator produces its failure ------------------------------------------------------
+@pytest.mark.parametrize("operator, parameters", [
+    ("delay_close", {"delay": 16}), ("weak_close", {"scale": 0.01}), ("force_open", {}),
+    ("translation", {"offset": (0.0, 0.045)})])
+def test_each_dream2fix_operator_fails_a_demo_that_replays_cleanly(demo, world, operator,
+                                                                   parameters):
+    task, _, _, stream = demo
+    assert world.rollout(task, stream, keep_states=False).success
+    k = [k for k, kind in actions.keyframes(stream.closure) if kind == "close"][0]
+    perturbed = world.rollout(task, actions.apply(stream, operator, k, 20, **parameters),
+                              keep_states=False)
+    assert not perturbed.success, operator
+
+
+@pytest.mark.parametrize("index", range(0, 64, 7))
+def test_failsafe_attempts_match_their_drawn_failure(index):
+    config = DatagenConfig(tasks=("pick_cube",), generators={"failsafe": 1.0})
+    spec = attempt_spec(config, index)
+    assert spec.generator == "failsafe"
+    assert spec.parameters["stage"] in ("approach", "pre_grasp", "lift")
+    if spec.mode.startswith("translation"):
+        axis = "xyz".index(spec.mode[-1])
+        value = spec.parameters["translation"][axis]
+        assert 0.02 <= abs(value) <= 0.1 and sum(map(abs, spec.parameters["translation"])) \
+            == abs(value)
+    elif spec.mode.startswith("rotation"):
+        assert 0.15 <= max(map(abs, spec.parameters["rotation"])) <= 1.0
+    else:
+        assert spec.mode == "stall" and 4.0 <= spec.parameters["stall_s"] <= 8.0
+
+
+# --- labels ----------------------------------------------------------------------------------
+def test_ee_delta_matches_a_hand_computed_case():
+    yaw = 0.1
+    rz = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    start_q, end_q = np.empty(4), np.empty(4)
+    import mujoco
+
+    mujoco.mju_mat2Quat(start_q, DOWN.reshape(9))
+    mujoco.mju_mat2Quat(end_q, (rz @ DOWN).reshape(9))
+    delta = geometry.ee_delta((0.5, 0.0, 0.2), start_q, 0.08, (0.52, -0.01, 0.25), end_q, 0.0)
+    assert np.allclose(delta, [0.02, -0.01, 0.05, 0.0, 0.0, 0.1, -0.08], atol=1e-9)
+    position, rotation, width = geometry.apply_ee_delta((0.5, 0.0, 0.2), DOWN, 0.08, delta)
+    assert np.allclose(position, (0.52, -0.01, 0.25)) and np.allclose(rotation, rz @ DOWN)
+    assert width == pytest.approx(0.0)
+
+
+def test_rpy_round_trip():
+    for rpy in [(0.3, -0.2, 1.2), (-1.0, 0.4, -2.5), (0.0, 0.0, 0.0)]:
+        assert np.allclose(geometry.rpy_from_matrix(geometry.matrix_from_rpy(*rpy)), rpy)
+
+
+# --- verifiers -------------------------------------------------------------------------------
+def test_kinematic_check_rejects_overspeed_and_limit_and_nan(demo):
+    _, episode, _, _ = demo
+    dt = 0.1
+    assert check_joint_path(episode.arm_q, dt, fr3.ARM_LIMITS, thresholds=THRESHOLDS,
+                            margin=-0.002).ok
+    fast = check_joint_path(episode.arm_q[::4], dt, fr3.ARM_LIMITS, thresholds=THRESHOLDS)
+    assert not fast.ok and any("exceeds" in v for v in fast.violations)
+    outside = episode.arm_q.copy()
+    outside[5, 3] = fr3.ARM_LIMITS.upper[3] + 0.1
+    report = check_joint_path(outside, dt, fr3.ARM_LIMITS)
+    assert not report.ok and "fr3_joint4" in report.violations[0]
+    broken = episode.arm_q.copy()
+    broken[3, 1] = np.nan
+    assert check_joint_path(broken, dt, fr3.ARM_LIMITS).violations == (
+        "non-finite positions in fr3_joint2",)
+
+
+def test_calibration_pooling_keeps_the_percentile_of_clean_demos():
+    limits = JointLimits.of([JointLimit("j", -1000, 1000, 1000)])
+    rng = np.random.default_rng(0)
+    paths = [np.cumsum(rng.normal(0, s, (50, 1)), axis=0) for s in np.linspace(0.8, 1, 40)]
+    peak = calibrate_thresholds(paths, 0.1)
+    passed = [check_joint_path(p, 0.1, limits, thresholds=peak).ok for p in paths]
+    assert 0.9 <= np.mean(passed) < 1.0
+    literal = calibrate_thresholds(paths, 0.1, statistic="samples")
+    assert np.mean([check_joint_path(p, 0.1, limits, thresholds=literal).ok
+                    for p in paths]) < 0.2  # the paper's literal pooling rejects most
+    with pytest.raises(ValueError, match="statistic"):
+        calibrate_thresholds(paths, 0.1, statistic="median")
+
+
+def _spec(mode, generator="dream2fix", **parameters):
+    return AttemptSpec(0, 0, "pick_cube", 0, {}, generator, mode, parameters, 0)
+
+
+@pytest.fixture(scope="module")
+def engine(demo):
+    engine = Engine(DatagenConfig(tasks=("pick_cube",), vary_scene=False), THRESHOLDS)
+    yield engine
+    engine.close()
+
+
+def _context(engine, demo):
+    task, _, _, _ = demo
+    spec = attempt_spec(engine.config, 0)
+    context = engine._episode(spec)
+    assert context.task.name == task.name
+    return context
+
+
+def test_verifier_rejects_a_perturbation_that_does_not_fail(engine, demo):
+    context = _context(engine, demo)
+    row = engine._dream2fix(_spec("delay_close", delay=1), context)
+    assert not row["accepted"]
+    assert row["reasons"] == ["perturbation did not cause a failure"]
+    assert json.loads(row["scores_json"])["perturbed_success"] is True
+
+
+def test_a_real_dream2fix_failure_is_accepted_with_a_directive(engine, demo):
+    context = _context(engine, demo)
+    row = engine._dream2fix(_spec("force_open"), context)
+    assert row["accepted"], row["reasons"]
+    assert row["frames"].shape == (10, 224, 224, 3)
+    assert "MODE=force_open" in row["label_dream2fix"] and "FIX_G=CLOSE" in row["label_dream2fix"]
+    label = json.loads(row["label_json"])
+    assert label["failed"] and label["correction"]["directive"]["gripper"] == "close"
+    scores = json.loads(row["scores_json"])
+    assert scores["fix_success"] and scores["visible_fraction"] >= 0.5
+
+
+def test_verifier_rejects_a_correction_that_does_not_recover(engine, demo):
+    context = _context(engine, demo)
+    from failrecov_ros.sim.expert import Faults
+
+    failed = engine._run(context.sim, context.task, Faults(skip_close=True))
+    assert not failed.success
+    lift = [i for i in range(len(context.clean.times)) if context.clean.stage_at(i) == "lift"]
+    # P_c mid-lift on the clean run: the gripper closes on air above the cube, nothing recovers.
+    row = engine._failsafe_pair(_spec("force_open", "failsafe"), context, failed,
+                                len(failed.times) - 1, lift[len(lift) // 2], 0, {},
+                                engine._kinematics(failed.arm_q))
+    assert not row["accepted"]
+    assert "correction does not recover (replay failed)" in row["reasons"]
+
+
+def test_verifier_rejects_an_overspeed_trajectory(engine, demo):
+    _, episode, _, _ = demo
+    report = engine._kinematics(episode.arm_q[::3])
+    assert not report.ok and any("calibrated" in v for v in report.violations)
+
+
+def test_a_crashing_attempt_is_a_rejected_row(engine, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("planted crash")
+
+    monkeypatch.setattr(engine, "_episode", boom)
+    rows = engine.attempt(3)
+    assert len(rows) == 1 and not rows[0]["accepted"]
+    assert rows[0]["error"] == "RuntimeError: planted crash"
+
+
+# --- config ----------------------------------------------------------------------------------
+def test_shipped_yaml_equals_the_defaults_and_typos_are_errors():
+    assert load(ROOT / "config" / "datagen" / "default.yaml") == DatagenConfig()
+    with pytest.raises(ValueError, match="unknown keys.*'pairs_per_fail'"):
+        from_dict({"failsafe": {"pairs_per_fail": 2}})
+    with pytest.raises(ValueError, match="paper"):
+        from_dict({"failsafe": {"translation_range": [0.0, 0.3]}})
+
+
+# --- runner: determinism and resume ----------------------------------------------------------
+SMALL = {"tasks": ["pick_cube"], "attempts_per_episode": 2, "chunk_size": 2,
+         "vary_scene": False, "image_size": [64, 64],
+         "generators": {"failsafe": 0.3, "dream2fix": 0.5, "none": 0.2},
+         "failsafe": {"pairs_per_failure": 2}, "verification": {"calibration_episodes": 3}}
+
+
+def _tables(out):
+    data = sorted((out / "data").glob("*.parquet"))
+    attempts = sorted((out / "attempts").glob("*.parquet"))
+    return ([pq.read_table(p).to_pylist() for p in data],
+            [pq.read_table(p).to_pylist() for p in attempts])
+
+
+def test_same_dataset_for_one_and_two_workers(tmp_path):
+    config = from_dict(SMALL)
+    one = generate(config, tmp_path / "one", 5, workers=1, progress=False)
+    two = generate(config, tmp_path / "two", 5, workers=2, progress=False)
+    assert one["accepted"] == two["accepted"] >= 5
+    data_one, attempts_one = _tables(tmp_path / "one")
+    data_two, attempts_two = _tables(tmp_path / "two")
+    assert attempts_one == attempts_two and data_one == data_two
+    card = (tmp_path / "one" / "README.md").read_text()
+    assert "Retention" in card and "dream2fix" in card
+
+
+def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
+    (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
+               str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((out / "attempts").glob("*.parquet")):
+        time.sleep(0.05)
+    staged_wait = time.monotonic() + 30
+    while time.monotonic() < staged_wait and not list((out / "staging").rglob("*.parquet")):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list((out / "attempts").glob("*.parquet")), "the run never finished a chunk"
+    assert (out / "staging").exists() and not (out / "README.md").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    reference = generate(from_dict(SMALL), tmp_path / "reference", 8, progress=False)
+    data, attempts = _tables(out)
+    data_ref, attempts_ref = _tables(tmp_path / "reference")
+    assert attempts == attempts_ref and data == data_ref
+    ids = [row["sample_id"] for chunk in attempts for row in chunk]
+    assert len(ids) == len(set(ids)) and reference["accepted"] >= 8
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    config = from_dict(SMALL)
+    generate(config, tmp_path / "run", 1, progress=False)
+    other = from_dict({**SMALL, "chunk_size": 3})
+    with pytest.raises(ValueError, match="chunk_size"):
+        generate(other, tmp_path / "run", 1, progress=False)
+
+
+# --- recorded demonstrations -----------------------------------------------------------------
+def test_a_rosbag_demonstration_replays_and_perturbs_in_the_world_model(demo, world, tmp_path):
+    _, episode, sim, _ = demo
+    names = (*fr3.ARM_JOINTS, *fr3.FINGER_JOINTS)
+    positions = np.hstack([episode.arm_q, episode.fingers])
+    bag = write_episode_bag(tmp_path / "demo", times=episode.times - episode.times[0],
+                            joint_names=names, positions=positions,
+                            instruction=episode.instruction)
+    recorded = read_demonstration(bag)
+    assert recorded.instruction == episode.instruction
+    stream = stream_from_demonstration(recorded, sim)
+    task = task_from_demonstration(stream, "pick_cube", seed=5)  # cube moved under the grasp
+    assert world.rollout(task, stream, keep_states=False).success
+    k = actions.keyframes(stream.closure)[0][0]
+    assert not world.rollout(task, actions.force_open(stream, k, 20), keep_states=False).success
