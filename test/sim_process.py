@@ -3,6 +3,7 @@
 import contextlib
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -57,3 +58,47 @@ def running_sim(*parameters):
             process.kill()
             output, _ = process.communicate()
         print(output[-3000:])
+
+
+class SpunClient:
+    """A test node that keeps the latest joint_states, spun by an executor in a thread.
+
+    Subclasses add their subscriptions and clients, then call ``start()``.
+    """
+
+    wait_timeout = 30.0
+
+    def __init__(self, context, name):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from sensor_msgs.msg import JointState
+
+        self.node = rclpy.create_node(name, context=context)
+        self.executor = MultiThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.joint_states = []
+        self.node.create_subscription(JointState, "joint_states", self._on_joints, 50)
+
+    def start(self):
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_joints(self, msg):
+        with self.lock:
+            self.joint_states.append(msg)
+            del self.joint_states[:-200]
+
+    def joints(self) -> dict[str, float]:
+        """Name -> position of the newest joint_states message."""
+        with self.lock:
+            msg = self.joint_states[-1]
+        return dict(zip(msg.name, msg.position, strict=True))
+
+    def wait(self, future, timeout=None):
+        """The result of ``future``, failing the test after ``timeout`` (default per class)."""
+        return wait_future(future, self.wait_timeout if timeout is None else timeout)
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()

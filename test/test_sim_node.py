@@ -4,7 +4,6 @@ One ``mujoco_sim`` process (the installed executable) serves every test in this 
 """
 
 import math
-import threading
 import time
 
 import numpy as np
@@ -14,9 +13,8 @@ from action_msgs.msg import GoalStatus
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from franka_msgs.action import Grasp, Homing, Move
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
-from sensor_msgs.msg import CameraInfo, Image, JointState
-from sim_process import running_sim, wait_future, wait_still, wait_until
+from sensor_msgs.msg import CameraInfo, Image
+from sim_process import SpunClient, running_sim, wait_still, wait_until
 
 from failrecov_ros.robots import fr3
 from failrecov_ros.ros.conversions import joint_trajectory_msg
@@ -27,18 +25,13 @@ CAMERA = "camera/camera"
 HOME = np.array(fr3.HOME)
 
 
-class Client:
+class Client(SpunClient):
     """Subscriptions and action clients against the simulator, spun in a background thread."""
 
     def __init__(self, context):
-        self.node = rclpy.create_node("sim_test_client", context=context)
-        self.executor = MultiThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.lock = threading.Lock()
-        self.joint_states: list[JointState] = []
+        super().__init__(context, "sim_test_client")
         self.images: dict[str, list] = {"color": [], "depth": [], "color_info": [],
                                         "depth_info": []}
-        self.node.create_subscription(JointState, "joint_states", self._on_joints, 50)
         qos = sensor_qos(depth=5)
         for key, kind, topic in (
             ("color", Image, f"{CAMERA}/color/image_raw"),
@@ -54,13 +47,7 @@ class Client:
         self.homing = ActionClient(self.node, Homing, "franka_gripper/homing")
         self.gripper_command = ActionClient(self.node, GripperCommand,
                                             "franka_gripper/gripper_action")
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_joints(self, msg):
-        with self.lock:
-            self.joint_states.append(msg)
-            del self.joint_states[:-200]
+        self.start()
 
     def _keep(self, key):
         def keep(msg):
@@ -69,18 +56,9 @@ class Client:
                 del self.images[key][:-30]
         return keep
 
-    def latest_joints(self) -> dict[str, float]:
-        with self.lock:
-            msg = self.joint_states[-1]
-        return dict(zip(msg.name, msg.position, strict=True))
-
     def arm_q(self) -> np.ndarray:
-        joints = self.latest_joints()
+        joints = self.joints()
         return np.array([joints[n] for n in fr3.ARM_JOINTS])
-
-    @staticmethod
-    def wait(future, timeout=30.0):
-        return wait_future(future, timeout)
 
     def send(self, client, goal, feedback=None):
         handle = self.wait(client.send_goal_async(goal, feedback_callback=feedback))
@@ -90,11 +68,6 @@ class Client:
     def run(self, client, goal, timeout=30.0):
         handle = self.send(client, goal)
         return self.wait(handle.get_result_async(), timeout)
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +176,7 @@ def test_bad_trajectory_goals_get_their_code_and_never_move(sim, case):
 
 def test_gripper_move_grasp_homing_and_bad_width(sim):
     def width():
-        return sum(sim.latest_joints()[n] for n in fr3.FINGER_JOINTS)
+        return sum(sim.joints()[n] for n in fr3.FINGER_JOINTS)
 
     moved = sim.run(sim.move, Move.Goal(width=0.03, speed=0.1))
     assert moved.status == GoalStatus.STATUS_SUCCEEDED and moved.result.success

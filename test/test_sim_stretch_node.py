@@ -5,7 +5,6 @@ Driven from this process as stretch_driver's clients would drive the robot.
 One ``mujoco_sim`` process (the installed executable) serves every test in this module.
 """
 
-import threading
 import time
 
 import pytest
@@ -13,9 +12,8 @@ import rclpy
 from action_msgs.msg import GoalStatus
 from control_msgs.action import FollowJointTrajectory
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
-from sensor_msgs.msg import Image, JointState
-from sim_process import running_sim, wait_future, wait_still, wait_until
+from sensor_msgs.msg import Image
+from sim_process import SpunClient, running_sim, wait_still, wait_until
 from std_srvs.srv import SetBool, Trigger
 
 from failrecov_ros.robots import stretch
@@ -25,17 +23,14 @@ from failrecov_ros.ros.qos import sensor_qos
 CAMERA = "camera/camera"
 
 
-class Client:
+class Client(SpunClient):
     """joint_states and camera subscriptions, the action client and the service clients."""
 
+    wait_timeout = 60.0
+
     def __init__(self, context):
-        self.node = rclpy.create_node("stretch_sim_test_client", context=context)
-        self.executor = MultiThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.lock = threading.Lock()
-        self.joint_states: list[JointState] = []
+        super().__init__(context, "stretch_sim_test_client")
         self.images: list[Image] = []
-        self.node.create_subscription(JointState, "joint_states", self._on_joints, 50)
         self.node.create_subscription(Image, f"{CAMERA}/color/image_raw", self._on_image,
                                       sensor_qos(depth=5))
         self.action = ActionClient(self.node, FollowJointTrajectory,
@@ -43,27 +38,12 @@ class Client:
         self.triggers = {name: self.node.create_client(Trigger, name)
                          for name in stretch.TRIGGER_SERVICES}
         self.runstop_client = self.node.create_client(SetBool, stretch.RUNSTOP_SERVICE)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_joints(self, msg):
-        with self.lock:
-            self.joint_states.append(msg)
-            del self.joint_states[:-200]
+        self.start()
 
     def _on_image(self, msg):
         with self.lock:
             self.images.append(msg)
             del self.images[:-10]
-
-    def joints(self) -> dict[str, float]:
-        with self.lock:
-            msg = self.joint_states[-1]
-        return dict(zip(msg.name, msg.position, strict=True))
-
-    @staticmethod
-    def wait(future, timeout=60.0):
-        return wait_future(future, timeout)
 
     def send(self, names, positions, accepted=True):
         goal = FollowJointTrajectory.Goal()
@@ -80,11 +60,6 @@ class Client:
 
     def runstop(self, on):
         return self.wait(self.runstop_client.call_async(SetBool.Request(data=on)))
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-
 
 
 @pytest.fixture(scope="module")
