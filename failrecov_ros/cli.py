@@ -143,6 +143,7 @@ def cmd_expert(args: argparse.Namespace) -> int:
 
 def cmd_datagen(args: argparse.Namespace) -> int:
     """Generate a verified failure/correction dataset (resumes an interrupted run)."""
+    import dataclasses
     import shlex
 
     from failrecov_ros.datagen import config as datagen_config
@@ -151,7 +152,7 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     try:
         config = datagen_config.load(args.config)
         if args.seed is not None:
-            config = datagen_config.from_dict({**config.to_dict(), "seed": args.seed})
+            config = dataclasses.replace(config, seed=args.seed)
         command = "failrecov " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         result = generate(config, args.out, args.samples, args.workers, command=command,
                           progress=not args.quiet)

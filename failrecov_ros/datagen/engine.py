@@ -104,10 +104,8 @@ def attempt_spec(config: DatagenConfig, index: int) -> AttemptSpec:
     variation = CATALOGUE.sample(episode_rng) if config.vary_scene else CATALOGUE.nominal()
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode, 1, index]))
     stages = _stages(task)
-    applicable = {g: w for g, w in config.generators.items() if w > 0 and (
-        g in ("failsafe", "none") or task in GRASPING_TASKS)}
-    if config.failsafe.modes and not set(config.failsafe.stages) & set(stages):
-        applicable.pop("failsafe", None)
+    applicable = {g: w for g, w in config.generators.items()
+                  if w > 0 and _applies(config, g, task, stages)}
     if not applicable:
         applicable = {"none": 1.0}
     names = sorted(applicable)
@@ -116,6 +114,15 @@ def attempt_spec(config: DatagenConfig, index: int) -> AttemptSpec:
     mode, parameters = _draw_perturbation(config, generator, stages, rng)
     return AttemptSpec(index, episode, task, episode_seed, variation,
                        generator, mode, parameters, int(rng.integers(0, 2**63 - 1)))
+
+
+def _applies(config: DatagenConfig, generator: str, task: str, stages: tuple[str, ...]) -> bool:
+    """Whether ``generator`` can perturb ``task``: it needs a grasp, or a stage it may use."""
+    if generator not in ("failsafe", "none") and task not in GRASPING_TASKS:
+        return False
+    allowed = {"failsafe": config.failsafe.stages, "slip": config.slip.stages,
+               "early_release": config.early_release.stages}.get(generator)
+    return allowed is None or bool(set(allowed) & set(stages))
 
 
 def _draw_perturbation(config: DatagenConfig, generator: str, stages: tuple[str, ...],
@@ -251,8 +258,8 @@ class Engine:
     def _base_row(self, spec: AttemptSpec, instruction: str, pair: int = 0) -> dict[str, Any]:
         return {
             "sample_id": f"a{spec.index:09d}-{pair}", "attempt": spec.index, "accepted": False,
-            "generator": spec.generator, "failure_type": spec.mode if spec.mode != "none"
-            else "none", "stage": "", "task": spec.task, "instruction": instruction,
+            "generator": spec.generator, "failure_type": spec.mode, "stage": "",
+            "task": spec.task, "instruction": instruction,
             "episode_seed": spec.episode_seed, "failed": spec.generator != "none",
             "label_json": "", "label_dream2fix": "", "label_failsafe": "", "ee_delta": [],
             "directive": Directive().to_dict(), "frames": None, "frame_times": [],
@@ -425,9 +432,8 @@ class Engine:
                    label_failsafe=format_failsafe(diagnosis),
                    ee_delta=list(diagnosis.correction.ee_delta or ()),
                    directive=(diagnosis.correction.directive or Directive()).to_dict())
-        widths = getattr(run, "gripper_width", None)
-        if widths is None:
-            widths = np.array([context.sim.binding.width_from_fingers(f) for f in run.fingers])
+        widths = (run.gripper_width if isinstance(run, Rollout)
+                  else gripper_widths(run, context.sim))
         row.update(frame_times=[float(run.times[i]) for i in window],
                    joint_positions=run.arm_q[window].tolist(),
                    gripper_width=[float(widths[i]) for i in window],
@@ -466,12 +472,17 @@ class Engine:
                                   "finite_depth_fraction": min(finite)}
 
 
+def gripper_widths(episode: Episode, sim: Simulation) -> np.ndarray:
+    """Measured finger-to-finger width of every recorded step of an expert episode."""
+    return np.array([sim.binding.width_from_fingers(f) for f in episode.fingers])
+
+
 def stream_from_episode(episode: Episode, sim: Simulation) -> actions.ActionStream:
     """The action stream that replays an episode: its states, closure from measured width."""
-    width = np.array([sim.binding.width_from_fingers(f) for f in episode.fingers])
     tcp = np.hstack([episode.tcp_position, episode.tcp_quat])
     return actions.ActionStream.from_states(episode.times, episode.arm_q, tcp,
-                                            actions.closure_from_width(width))
+                                            actions.closure_from_width(
+                                                gripper_widths(episode, sim)))
 
 
 def close_from(perturbed: np.ndarray, clean: np.ndarray, at: int, k: int) -> np.ndarray:

@@ -10,6 +10,7 @@ killed at any moment (or a worker that dies) loses at most the attempt in progre
 from __future__ import annotations
 
 import concurrent.futures as futures
+import itertools
 import json
 import logging
 import multiprocessing
@@ -106,32 +107,31 @@ def generate(config: DatagenConfig, out_dir: str | Path, samples: int, workers: 
 
     if bar is not None:
         bar.update(min(samples, prefix()[0]))
+    def finished() -> bool:
+        return prefix()[1] is not None
+
+    args = (config.to_dict(), thresholds.to_dict(), str(out_dir))
     crashes = 0
-    while prefix()[1] is None:
-        pending = [c for c in range(_next_chunks(counts, workers)) if c not in counts]
-        try:
-            if workers <= 1:
-                if "engine" not in _WORKER:
-                    _init_worker(config.to_dict(), thresholds.to_dict(), str(out_dir))
-                for chunk in pending:
-                    record(run_chunk(chunk))
-                    if prefix()[1] is not None:
-                        break
-            else:
-                _run_parallel(config, thresholds, out_dir, pending, workers, record,
-                              lambda: prefix()[1] is not None)
-        except futures.process.BrokenProcessPool as error:
-            crashes += 1
-            _LOG.warning(f"a worker died ({error}); restarting ({crashes}/{MAX_WORKER_CRASHES}),"
-                         " finished attempts are kept")
-            if crashes >= MAX_WORKER_CRASHES:
-                raise RuntimeError(f"workers crashed {crashes} times; the staged attempts in "
-                                   f"{out_dir}/staging are kept, rerun to resume") from error
-    if bar is not None:
-        bar.close()
-    if "engine" in _WORKER:
-        _WORKER.pop("engine").close()
-        _WORKER.clear()
+    try:
+        while not finished():
+            # Chunks not done yet, in order; a restart after a crash picks up where it stopped.
+            chunks = (c for c in itertools.count() if c not in counts)
+            try:
+                if workers <= 1:
+                    _run_serial(args, chunks, record, finished)
+                else:
+                    _run_parallel(args, chunks, workers, record, finished)
+            except futures.process.BrokenProcessPool as error:
+                crashes += 1
+                _LOG.warning(f"a worker died ({error}); restarting "
+                             f"({crashes}/{MAX_WORKER_CRASHES}), finished attempts are kept")
+                if crashes >= MAX_WORKER_CRASHES:
+                    raise RuntimeError(f"workers crashed {crashes} times; the staged attempts "
+                                       f"in {out_dir}/staging are kept, rerun to resume"
+                                       ) from error
+    finally:
+        if bar is not None:
+            bar.close()
     total, last = prefix()
     for chunk in [c for c in store.done_chunks() if c > last]:  # computed past the target
         store.data_path(chunk).unlink(missing_ok=True)
@@ -145,22 +145,33 @@ def generate(config: DatagenConfig, out_dir: str | Path, samples: int, workers: 
             "new_accepted": state["accepted"]}
 
 
-def _next_chunks(counts: dict[int, int], workers: int) -> int:
-    return max(counts, default=-1) + 1 + max(1, workers) * 2
+def _run_serial(args, chunks, record, finished) -> None:
+    _init_worker(*args)
+    try:
+        for chunk in chunks:
+            record(run_chunk(chunk))
+            if finished():
+                return
+    finally:
+        _WORKER.pop("engine").close()
+        _WORKER.clear()
 
 
-def _run_parallel(config, thresholds, out_dir, pending, workers, record, finished) -> None:
+def _run_parallel(args, chunks, workers, record, finished) -> None:
+    """One pool for the whole run, kept busy with two chunks per worker until ``finished``."""
     context = multiprocessing.get_context("spawn")  # no inherited GL or physics state
     with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(config.to_dict(), thresholds.to_dict(),
-                                               str(out_dir))) as pool:
-        jobs = {pool.submit(run_chunk, chunk): chunk for chunk in pending}
-        for job in futures.as_completed(jobs):
-            record(job.result())
+                                     initargs=args) as pool:
+        running = {pool.submit(run_chunk, next(chunks)) for _ in range(2 * workers)}
+        while running:
+            done, running = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for job in done:
+                record(job.result())
             if finished():
-                for other in jobs:
-                    other.cancel()
-                break
+                for job in running:
+                    job.cancel()
+                return
+            running |= {pool.submit(run_chunk, next(chunks)) for _ in done}
 
 
 def _progress(total: int, enabled: bool):

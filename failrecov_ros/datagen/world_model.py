@@ -61,14 +61,13 @@ class PhysicsWorldModel:
                  grasp_force: float = GRASP_FORCE, settle_s: float = 0.5) -> None:
         self._simulation_for = simulation_for or (lambda task: Simulation(task.scene))
         self.grasp_force, self.settle_s = grasp_force, settle_s
-        self._ik: dict[int, DlsIk] = {}
+        self._ik: DlsIk | None = None  # for the last model only: one per episode would pile up
 
     def _solver(self, sim: Simulation) -> DlsIk:
-        key = id(sim.model)
-        if key not in self._ik:
+        if self._ik is None or self._ik.model is not sim.model:
             b = sim.binding
-            self._ik[key] = DlsIk(sim.model, b.tcp_site, b.arm_joints, rest=b.home)
-        return self._ik[key]
+            self._ik = DlsIk(sim.model, b.tcp_site, b.arm_joints, rest=b.home)
+        return self._ik
 
     def joint_targets(self, sim: Simulation, stream: ActionStream) -> tuple[np.ndarray, int]:
         """Joint targets per step: recorded ones, IK where the TCP pose was edited."""
@@ -93,10 +92,7 @@ class PhysicsWorldModel:
         sim = self._simulation_for(task)
         sim.reset()
         b = sim.binding
-        qpos = [sim.model.joint(n).qposadr[0] for n in b.arm_joints]
-        sim.data.qpos[qpos] = stream.arm_q[0]
-        sim.set_arm_targets(stream.arm_q[0])
-        mujoco.mj_forward(sim.model, sim.data)
+        sim.place_arm(stream.arm_q[0])
         sim.step(SETTLE_STEPS)
         targets, ik_failures = self.joint_targets(sim, stream)
         substeps = max(1, round(stream.dt / sim.timestep))

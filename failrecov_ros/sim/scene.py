@@ -374,11 +374,16 @@ class Simulation:
         """Robot at home with the gripper open, objects where the config puts them, t = 0."""
         mujoco.mj_resetData(self.model, self.data)
         self.model.geom_friction[:] = self._initial_friction  # undo slip faults
-        self.data.qpos[self._arm_qpos] = self.binding.home
-        self.data.ctrl[self._arm_ctrl] = self.binding.home
         open_ctrl = self.binding.width_to_ctrl(self.binding.max_gripper_width)
         self.data.qpos[self._finger_qpos] = open_ctrl
         self.set_gripper(self.binding.max_gripper_width, self.binding.max_grasp_force)
+        self.place_arm(self.binding.home)
+
+    def place_arm(self, q: Sequence[float]) -> None:
+        """Put the arm at ``q`` at rest, servos holding it there (a replay's first pose)."""
+        self.data.qpos[self._arm_qpos] = q
+        self.data.qvel[self._arm_dof] = 0.0
+        self.data.ctrl[self._arm_ctrl] = q
         mujoco.mj_forward(self.model, self.data)
 
     @property
