@@ -19,6 +19,8 @@ done
 # Headless rendering: MuJoCo draws through EGL on Mesa's software rasteriser (no GPU needed).
 { /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q 'libEGL_mesa\.so' \
   || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+# pyrealsense2 (librealsense) links libusb even when it only plays recordings.
+{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q 'libusb-1\.0\.so' || missing+=(libusb-1.0-0)
 if ! command -v python3.11 >/dev/null 2>&1; then missing+=(python3.11 python3.11-venv python3.11-dev)
 elif ! python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3.11-venv); fi
 if ((${#missing[@]})); then

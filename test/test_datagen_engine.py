@@ -308,7 +308,11 @@ def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     process.wait()
     assert list((out / "attempts").glob("*.parquet")), "the run never finished a chunk"
     assert (out / "staging").exists() and not (out / "README.md").exists()
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # Resume through the installed command with two spawned workers: its wrapper must not
+    # rerun the command inside each worker (it did, before the __main__ guard).
+    installed = [f"{get_package_prefix('failrecov_ros')}/bin/failrecov", *command[3:],
+                 "--workers", "2"]
+    resumed = subprocess.run(installed, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     reference = generate(from_dict(SMALL), tmp_path / "reference", 8, progress=False)
     data, attempts = _tables(out)
