@@ -1,7 +1,7 @@
 """`failrecov`: the command-line entry point.
 
-Schema tools, the demo and the simulator's expert; later issues add train, datagen,
-launch and eval subcommands.
+Schema tools, the demo, the simulator's expert, data generation, training and evaluation of
+the compact model.
 """
 
 from __future__ import annotations
@@ -166,6 +166,61 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the compact model on data-engine output; writes a checkpoint folder."""
+    import dataclasses
+
+    from failrecov_ros.training.compact import TrainConfig, load_samples, parse_filter, train
+
+    try:
+        settings = TrainConfig(epochs=args.epochs, image_size=args.image_size, seed=args.seed,
+                               validation_fraction=args.validation_fraction,
+                               threads=args.threads, batch_size=args.batch_size)
+        exclude = parse_filter(args.exclude)
+        started = time.monotonic()
+        samples = load_samples(args.data, settings.image_size, exclude=exclude or None)
+        print(f"train: {len(samples)} samples decoded in {time.monotonic() - started:.0f} s"
+              + (f" (excluding {exclude})" if exclude else ""), file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 2
+    trained_on = f"{Path(args.data).resolve()}" + (f" excluding {exclude}" if exclude else "")
+    report = train(samples, settings, args.out, trained_on=trained_on,
+                   progress=lambda line: print(f"train: {line}", file=sys.stderr))
+    print(json.dumps({"out": str(args.out), **report,
+                      "settings": dataclasses.asdict(settings)}, indent=1))
+    return 0
+
+
+def cmd_eval_dataset(args: argparse.Namespace) -> int:
+    """Score a compact checkpoint on a generated dataset with the papers' metrics."""
+    from failrecov_ros.models.base import ModelLoadError
+    from failrecov_ros.models.compact import CompactModel
+    from failrecov_ros.training.compact import load_samples, parse_filter, predict, score
+
+    try:
+        model = CompactModel.load(args.model, threads=args.threads)
+        samples = load_samples(args.data, model.config.image_size,
+                               window_frames=model.config.window_frames,
+                               only=parse_filter(args.only) or None)
+    except (ModelLoadError, ValueError, OSError) as error:
+        print(f"eval: {error}", file=sys.stderr)
+        return 2
+    predicted = predict(model.net, samples)
+    result = {"model": str(args.model), "data": str(args.data), "filter": args.only,
+              "all": score(predicted, samples.labels, args.keyframe_tolerance)}
+    for factor_value in args.breakdown:
+        wanted = parse_filter([factor_value])
+        index = [i for i, v in enumerate(samples.variations)
+                 if all(str(v.get(k)) == val for k, val in wanted.items())]
+        if index:
+            result[factor_value] = score([predicted[i] for i in index],
+                                         [samples.labels[i] for i in index],
+                                         args.keyframe_tolerance)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and shell completion)."""
     parser = argparse.ArgumentParser(prog="failrecov", description=__doc__)
@@ -191,6 +246,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_datagen)
+    p = sub.add_parser("train", help="train the compact model on `failrecov datagen` output")
+    p.add_argument("--data", required=True, help="a `failrecov datagen` output folder")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--epochs", type=_positive_int, default=12)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--image-size", type=_positive_int, default=96)
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="episodes held out for the validation report")
+    p.add_argument("--exclude", action="append", default=[], metavar="FACTOR=VALUE",
+                   help="leave out samples with this variation (held-out variation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate models")
+    eval_sub = p.add_subparsers(dest="eval_command", required=True)
+    q = eval_sub.add_parser("dataset", help="score a compact checkpoint on a generated dataset")
+    q.add_argument("--model", required=True, help="compact checkpoint folder")
+    q.add_argument("--data", required=True, help="a `failrecov datagen` output folder")
+    q.add_argument("--only", action="append", default=[], metavar="FACTOR=VALUE",
+                   help="score only samples with this variation")
+    q.add_argument("--breakdown", action="append", default=[], metavar="FACTOR=VALUE",
+                   help="also report the subset with this variation")
+    q.add_argument("--keyframe-tolerance", type=int, default=2,
+                   help="Dream2Fix delta_k in frames")
+    q.add_argument("--threads", type=_positive_int, default=2)
+    q.set_defaults(func=cmd_eval_dataset)
     p = sub.add_parser("expert", help="measure the scripted expert's success rate in simulation")
     p.add_argument("--task", default="all", choices=["all", "pick_cube", "place_in_bowl",
                                                     "push_cube", "stack_cube"])

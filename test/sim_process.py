@@ -40,14 +40,14 @@ def wait_future(future, timeout=30.0):
 
 
 @contextlib.contextmanager
-def running_sim(*parameters):
-    """The installed ``mujoco_sim`` with ``-p`` parameters; stopped with SIGINT afterwards."""
-    exe = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros/mujoco_sim"
-    command = [exe, "--ros-args"]
-    for parameter in parameters:
-        command += ["-p", parameter]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+def running(executable, *ros_args):
+    """An installed executable of this package with ROS arguments; SIGINT afterwards.
+
+    Its output is printed, so pytest shows it for a failed test.
+    """
+    exe = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros/{executable}"
+    process = subprocess.Popen([exe, "--ros-args", *ros_args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     try:
         yield process
     finally:
@@ -57,7 +57,12 @@ def running_sim(*parameters):
         except subprocess.TimeoutExpired:
             process.kill()
             output, _ = process.communicate()
-        print(output[-3000:])
+        print(f"--- {executable} {' '.join(ros_args)}\n{output[-4000:]}")
+
+
+def running_sim(*parameters):
+    """The installed ``mujoco_sim`` with ``-p`` parameters."""
+    return running("mujoco_sim", *(arg for p in parameters for arg in ("-p", p)))
 
 
 class SpunClient:
@@ -100,5 +105,11 @@ class SpunClient:
         return wait_future(future, self.wait_timeout if timeout is None else timeout)
 
     def close(self):
+        """Stop spinning, wait for the spin thread, then destroy the node.
+
+        A spin thread still running at interpreter exit can abort the test process.
+        """
         self.executor.shutdown()
+        if getattr(self, "thread", None) is not None:
+            self.thread.join(timeout=10)
         self.node.destroy_node()

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from ament_index_python.packages import get_package_prefix
 
 from failrecov_ros.core import geometry
 from failrecov_ros.core.limits import JointLimit, JointLimits
 from failrecov_ros.core.safety import MotionThresholds, calibrate_thresholds, check_joint_path
+from failrecov_ros.core.schema import validate
 from failrecov_ros.datagen import actions
 from failrecov_ros.datagen.bags import read_demonstration, write_episode_bag
 from failrecov_ros.datagen.config import DatagenConfig, from_dict, load
@@ -287,15 +289,26 @@ def test_same_dataset_for_one_and_two_workers(tmp_path):
     data_one, attempts_one = _tables(tmp_path / "one")
     data_two, attempts_two = _tables(tmp_path / "two")
     assert attempts_one == attempts_two and data_one == data_two
+    labels = [validate(json.loads(row["label_json"])) for chunk in data_one for row in chunk]
+    assert len(labels) == one["accepted"] and any(label.failed for label in labels)
     card = (tmp_path / "one" / "README.md").read_text()
     assert "Retention" in card and "dream2fix" in card
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
-               str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet"]
+               str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet",
+               "--workers", "2"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -304,14 +317,21 @@ def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     staged_wait = time.monotonic() + 30
     while time.monotonic() < staged_wait and not list((out / "staging").rglob("*.parquet")):
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
+    # Only the parent dies: its spawned workers must notice and stop on their own.
+    os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    orphans_gone = time.monotonic() + 120
+    while time.monotonic() < orphans_gone and _group_alive(process.pid):
+        time.sleep(0.1)
+    alive = _group_alive(process.pid)
+    if alive:
+        os.killpg(process.pid, signal.SIGKILL)
+    assert not alive, "worker processes outlived the killed run"
     assert list((out / "attempts").glob("*.parquet")), "the run never finished a chunk"
     assert (out / "staging").exists() and not (out / "README.md").exists()
-    # Resume through the installed command with two spawned workers: its wrapper must not
-    # rerun the command inside each worker (it did, before the __main__ guard).
-    installed = [f"{get_package_prefix('failrecov_ros')}/bin/failrecov", *command[3:],
-                 "--workers", "2"]
+    # Resume through the installed command: its wrapper must not rerun the command inside
+    # each spawned worker (it did, before the __main__ guard).
+    installed = [f"{get_package_prefix('failrecov_ros')}/bin/failrecov", *command[3:]]
     resumed = subprocess.run(installed, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     reference = generate(from_dict(SMALL), tmp_path / "reference", 8, progress=False)

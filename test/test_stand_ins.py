@@ -1,10 +1,11 @@
-"""control_msgs / franka_msgs stand-ins: upstream fields, and never shadowing a real package.
+"""Interface stand-ins (control_msgs, franka_msgs, tf2_msgs): upstream fields, no shadowing.
 
 The types our code uses must match upstream field for field, and the stand-ins must refuse to
 build where a real package exists.
 
 The expected definitions are transcribed from upstream (ros-controls/control_msgs humble/jazzy,
-frankaemika/franka_ros2); this test passes against the real packages on a workstation too.
+frankaemika/franka_ros2, ros2/geometry2); this test passes against the real packages on a
+workstation too.
 """
 
 import os
@@ -57,6 +58,7 @@ EXPECTED = {
     "franka_msgs.action.Homing.Goal": {},
     "franka_msgs.action.Homing.Result": {"success": "boolean", "error": "string"},
     "franka_msgs.action.ErrorRecovery.Goal": {},
+    "tf2_msgs.msg.TFMessage": {"transforms": "sequence<geometry_msgs/TransformStamped>"},
 }
 CONSTANTS = {
     "control_msgs.action.FollowJointTrajectory.Result": {
@@ -91,7 +93,7 @@ def test_constants_match_upstream(dotted):
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-@pytest.mark.parametrize("package", ["control_msgs", "franka_msgs"])
+@pytest.mark.parametrize("package", ["control_msgs", "franka_msgs", "tf2_msgs"])
 def test_stand_in_refuses_to_shadow_a_real_package(tmp_path, package):
     real = tmp_path / "prefix" / "share" / package
     real.mkdir(parents=True)

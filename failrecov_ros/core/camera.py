@@ -91,3 +91,100 @@ def z16_to_depth(depth_mm: np.ndarray, depth_scale: float = 0.001) -> np.ndarray
     if depth_mm.dtype != np.uint16:
         raise ValueError(f"Z16 depth must be uint16, got {depth_mm.dtype}")
     return depth_mm.astype(np.float32) * np.float32(depth_scale)
+
+
+def z16_to_millimetres(depth_units: np.ndarray, depth_scale: float) -> np.ndarray:
+    """Device depth units to the ROS ``16UC1`` millimetres (0 stays 0 = no data).
+
+    A D435 counts in millimetres already (scale 0.001) and is passed through untouched; other
+    scales (a D405's 0.1 mm) are converted as realsense-ros does, saturating to 0 past 65.535 m.
+    """
+    if not depth_scale > 0:
+        raise ValueError(f"depth scale must be positive, got {depth_scale}")
+    if math.isclose(depth_scale, 0.001, rel_tol=1e-6):
+        return depth_units
+    return depth_to_z16(z16_to_depth(depth_units, depth_scale))
+
+
+def colored_points(depth_mm: np.ndarray, rgb: np.ndarray,
+                   intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Nx3 float32 points (metres, optical frame) and their Nx3 uint8 colors.
+
+    ``depth_mm`` must be registered to ``rgb`` (same size, ``intrinsics`` of the color camera),
+    so each point takes its own pixel's color; pixels without depth are left out.
+    """
+    if depth_mm.shape != rgb.shape[:2] or (intrinsics.height, intrinsics.width) != depth_mm.shape:
+        raise ValueError(f"depth {depth_mm.shape}, color {rgb.shape[:2]} and intrinsics "
+                         f"{intrinsics.width}x{intrinsics.height} must share one size")
+    valid = depth_mm > 0
+    points = intrinsics.deproject(z16_to_depth(depth_mm))[valid]
+    return points.astype(np.float32), rgb[valid]
+
+
+def distort_plumb_bob(xy: np.ndarray, coefficients: tuple[float, ...]) -> np.ndarray:
+    """Normalized image coordinates (..., 2) through ``plumb_bob`` (k1, k2, p1, p2, k3).
+
+    The forward model librealsense (Brown-Conrady) and OpenCV project with.
+    """
+    k1, k2, p1, p2, k3 = (tuple(coefficients) + (0.0,) * 5)[:5]
+    x, y = xy[..., 0], xy[..., 1]
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 * r2 + k3 * r2 * r2 * r2
+    return np.stack([x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+                     y * radial + 2 * p2 * x * y + p1 * (r2 + 2 * y * y)], axis=-1)
+
+
+def pixel_rays(intrinsics: Intrinsics, iterations: int = 20) -> np.ndarray:
+    """HxWx3 ray directions (x, y, 1) through each pixel's centre, in the optical frame.
+
+    Undistorts ``plumb_bob`` by fixed-point iteration (converges for a real lens's small
+    coefficients), so a scene rendered along these rays lands where the distorted camera that
+    librealsense projects with would see it.
+    """
+    if intrinsics.distortion_model != "plumb_bob":
+        raise ValueError(f"only plumb_bob rays are supported, got {intrinsics.distortion_model}")
+    distorted = intrinsics.deproject(np.ones((intrinsics.height, intrinsics.width)))[..., :2]
+    undistorted = distorted.copy()
+    if any(intrinsics.distortion):
+        for _ in range(iterations):
+            undistorted += distorted - distort_plumb_bob(undistorted, intrinsics.distortion)
+    return np.concatenate([undistorted, np.ones(undistorted.shape[:2] + (1,))], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentCheck:
+    """How well an object's pixels in depth registered to color cover it in the color image."""
+
+    iou: float  # intersection over union of the two pixel sets
+    color_pixels: int
+    depth_pixels: int
+    min_iou: float
+
+    @property
+    def aligned(self) -> bool:
+        """Whether the overlap reaches ``min_iou``."""
+        return self.iou >= self.min_iou
+
+
+def check_alignment(color_mask: np.ndarray, aligned_depth_mm: np.ndarray, object_depth_m: float,
+                    tolerance_m: float = 0.01, min_iou: float = 0.9,
+                    depth_scale: float = 0.001) -> AlignmentCheck:
+    """Whether depth registered to color puts an object where the color image shows it.
+
+    ``color_mask`` marks the object in the color image (found by its color); the object's pixels
+    in ``aligned_depth_mm`` (Z16, the color camera's size) are those within ``tolerance_m`` of
+    its known depth. Depth that is not registered, or registered with the wrong intrinsics or
+    extrinsics, puts the object elsewhere or at another size and the IoU falls.
+    """
+    if color_mask.shape != aligned_depth_mm.shape:
+        raise ValueError(f"color mask {color_mask.shape} and aligned depth "
+                         f"{aligned_depth_mm.shape} must share one size")
+    in_color = np.asarray(color_mask, dtype=bool)
+    if not in_color.any():
+        raise ValueError("the object is not in the color image: nothing to check alignment on")
+    depth_m = z16_to_depth(aligned_depth_mm, depth_scale)
+    in_depth = (aligned_depth_mm > 0) & (np.abs(depth_m - object_depth_m) <= tolerance_m)
+    union = int(np.count_nonzero(in_color | in_depth))
+    return AlignmentCheck(iou=np.count_nonzero(in_color & in_depth) / union,
+                          color_pixels=int(np.count_nonzero(in_color)),
+                          depth_pixels=int(np.count_nonzero(in_depth)), min_iou=min_iou)

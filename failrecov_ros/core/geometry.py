@@ -44,6 +44,29 @@ def matrix_from_quat(quat) -> np.ndarray:
     ])
 
 
+def quat_multiply(a, b) -> tuple[float, float, float, float]:
+    """Hamilton product ``a * b`` of two (w, x, y, z) quaternions (``b`` applied first)."""
+    aw, ax, ay, az = (float(v) for v in a)
+    bw, bx, by, bz = (float(v) for v in b)
+    return (aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw)
+
+
+def quat_about_z(angle: float) -> tuple[float, float, float, float]:
+    """The (w, x, y, z) quaternion of a rotation by ``angle`` rad about the z axis."""
+    return (math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2))
+
+
+def pose_matrix(position, quat) -> np.ndarray:
+    """4x4 homogeneous transform of a position (m) and a (w, x, y, z) quaternion."""
+    out = np.eye(4)
+    out[:3, :3] = matrix_from_quat(quat)
+    out[:3, 3] = np.asarray(position, dtype=float)
+    return out
+
+
 def ee_delta(from_position, from_quat, from_gripper: float, to_position, to_quat,
              to_gripper: float) -> np.ndarray:
     """DA taking pose ``from`` to pose ``to`` (see module docstring)."""

@@ -40,6 +40,7 @@ from failrecov_ros.core.schema import (
     Diagnosis,
     Directive,
     GripperCommand,
+    validate,
 )
 from failrecov_ros.core.taxonomy import FailureType
 from failrecov_ros.datagen import actions
@@ -336,7 +337,8 @@ class Engine:
         reasons += [f"unsafe correction: {v}" for v in replay_kinematic.violations]
         ftype = FailureType(spec.mode)
         stage = failed.stage_at(r_d)
-        directive = _directive_from_delta(delta, self.config.dream2fix.metres_per_bin)
+        directive = _directive_from_delta(delta, self.config.dream2fix.metres_per_bin,
+                                          keyframe=self.config.window_frames - 1)
         summary = _failsafe_summary(spec, stage, delta)
         diagnosis = Diagnosis(True, ftype, 1.0, stage, summary,
                               Correction(CorrectionKind.EE_DELTA, tuple(float(v) for v in delta),
@@ -425,6 +427,7 @@ class Engine:
 
     def _finish(self, spec, context, run, window: list[int], diagnosis: Diagnosis,
                 scores: dict[str, Any], reasons: list[str], pair: int) -> dict[str, Any]:
+        validate(diagnosis.to_dict(), record=True)  # a label that breaks the schema is a bug
         row = self._base_row(spec, context.task.instruction, pair)
         row.update(failure_type=diagnosis.failure_type.value, stage=diagnosis.stage,
                    failed=diagnosis.failed, label_json=diagnosis.to_json(),
@@ -532,13 +535,19 @@ def _clip_rows(length: int, k: int, w: int, d2f, config: DatagenConfig) -> list[
     return [int(round(v)) for v in np.linspace(start, end, config.window_frames)]
 
 
-def _directive_from_delta(delta: np.ndarray, metres_per_bin: float) -> Directive:
+def _directive_from_delta(delta: np.ndarray, metres_per_bin: float, keyframe: int) -> Directive:
+    """The FailSafe delta in directive form.
+
+    Its gripper change applies at ``keyframe``, the window's last frame: the correction starts
+    right after what the model saw.
+    """
     bins = np.minimum(np.round(np.abs(delta[:3]) / metres_per_bin), MAX_BINS).astype(int)
     signs = np.sign(delta[:3]).astype(int) * (bins > 0)
     gripper = (GripperCommand.CLOSE if delta[6] < -1e-3 else
                GripperCommand.OPEN if delta[6] > 1e-3 else GripperCommand.NONE)
     return Directive(int(signs[0]), int(bins[0]), int(signs[1]), int(bins[1]), int(signs[2]),
-                     int(bins[2]), gripper, -1)
+                     int(bins[2]), gripper,
+                     keyframe if gripper is not GripperCommand.NONE else -1)
 
 
 def _failsafe_summary(spec: AttemptSpec, stage: str, delta: np.ndarray) -> str:

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from collections import Counter
@@ -46,7 +47,7 @@ def thresholds_for(config: DatagenConfig, out_dir: Path) -> MotionThresholds:
 def _init_worker(config: dict, thresholds: dict, out_dir: str) -> None:
     cfg = from_dict(config)
     _WORKER.update(engine=Engine(cfg, MotionThresholds(**thresholds)), config=cfg,
-                   store=dataset.ChunkStore(out_dir, cfg.image_format))
+                   store=dataset.ChunkStore(out_dir, cfg.image_format), parent=os.getppid())
 
 
 def run_chunk(chunk: int) -> dict[str, Any]:
@@ -57,6 +58,10 @@ def run_chunk(chunk: int) -> dict[str, Any]:
     attempts = range(chunk * config.chunk_size, (chunk + 1) * config.chunk_size)
     done = store.staged(chunk)
     for attempt in attempts:
+        if "parent" in _WORKER and os.getppid() != _WORKER["parent"]:
+            # The run was killed (even with -9): stop rather than compute for nobody. What
+            # is staged stays for the resume.
+            os._exit(1)
         if attempt not in done:
             rows = engine.attempt(attempt)
             store.stage(chunk, attempt, rows)

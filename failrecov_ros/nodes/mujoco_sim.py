@@ -6,10 +6,11 @@ gripper_action) and ``action_server/error_recovery``. With ``robot:=stretch`` it
 stretch_driver instead: ``stretch_controller/follow_joint_trajectory`` (one goal at a time, a new
 goal is rejected while one runs), the mode, stop, home, stow Trigger services and ``runstop``
 (SetBool). Either way it publishes ``joint_states`` with the driver's names, the camera topics
-(a world camera) with realsense-ros names and encodings, and ``/clock`` when asked. Physics
-runs in its own thread
-at a fixed step paced to ``real_time_factor``; the camera renders in another thread (an EGL
-context belongs to one thread). All behaviour lives in ``failrecov_ros.sim``.
+(a world camera) with realsense-ros names and encodings, and ``/clock`` when asked; as a
+perception stand-in, every scene object's true pose in the robot base frame on
+``objects/<name>/pose`` (geometry_msgs/PoseStamped). Physics runs in its own thread at a fixed
+step paced to ``real_time_factor``; the camera renders in another thread (an EGL context belongs
+to one thread). All behaviour lives in ``failrecov_ros.sim``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import rclpy
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from franka_msgs.action import ErrorRecovery, Grasp, Homing, Move
+from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -33,6 +35,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
 from failrecov_ros.core.camera import depth_to_z16
+from failrecov_ros.core.geometry import quat_about_z, quat_multiply
 from failrecov_ros.core.trajectory import ResultCode
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.ros.conversions import ns_to_time, trajectory_goal_from_msg
@@ -52,7 +55,7 @@ from failrecov_ros.sim.controllers import (
 )
 from failrecov_ros.sim.scene import CameraSpec, stretch_scene
 from failrecov_ros.sim.scene import Simulation as _Simulation
-from failrecov_ros.sim.stretch_controller import StretchController
+from failrecov_ros.sim.stretch_controller import BASE_X, BASE_Y, BASE_YAW, StretchController
 from failrecov_ros.sim.tasks import TASKS, make_task
 
 
@@ -126,6 +129,16 @@ class MujocoSim(Node):
         self.depth_info_pub = self.create_publisher(
             CameraInfo, f"{prefix}/aligned_depth_to_color/camera_info", qos)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        object_rate = float(p("object_poses.rate", 10.0).value)
+        if not (object_rate >= 0 and math.isfinite(object_rate)):
+            raise ValueError(f"object_poses.rate must be >= 0, got {object_rate}")
+        self.base_frame = stretch.BASE_FRAME if self.robot == "stretch" else fr3.BASE_FRAME
+        self.object_pubs = {
+            o.name: self.create_publisher(PoseStamped, f"objects/{o.name}/pose",
+                                          sensor_qos(depth=1))
+            for o in self.sim.config.objects} if object_rate > 0 else {}
+        if object_rate > 0:
+            self.create_timer(1.0 / object_rate, self._publish_object_poses, callback_group=group)
         self._threads = [threading.Thread(target=self._physics_loop, daemon=True,
                                           name="physics")]
         if self.camera_enable:
@@ -258,6 +271,29 @@ class MujocoSim(Node):
             np.concatenate([arm_effort, [0.0, 0.0]])))
         self.gripper_joint_pub.publish(joint_state_msg(
             stamp, fr3.FINGER_JOINTS, fingers, self.sim.finger_velocities()))
+
+    def _publish_object_poses(self) -> None:
+        """Ground-truth object poses in the robot base frame (the Stretch's base may move)."""
+        with self.lock:
+            sim_time = self.sim.time
+            poses = {name: self.sim.object_pose(name) for name in self.object_pubs}
+            if self.robot == "stretch":
+                x, y, yaw = self.stretch.positions((BASE_X, BASE_Y, BASE_YAW))
+            else:
+                (x, y, _), yaw = self.sim.binding.base_position, 0.0
+        c, s = math.cos(yaw), math.sin(yaw)
+        turn = quat_about_z(-yaw)
+        stamp = self.stamp(sim_time)
+        for name, (position, quat) in poses.items():
+            dx, dy = position[0] - x, position[1] - y
+            msg = PoseStamped()
+            msg.header.stamp, msg.header.frame_id = stamp, self.base_frame
+            msg.pose.position.x, msg.pose.position.y = c * dx + s * dy, -s * dx + c * dy
+            msg.pose.position.z = float(position[2])
+            w, qx, qy, qz = quat_multiply(turn, quat)
+            msg.pose.orientation.w, msg.pose.orientation.x = w, qx
+            msg.pose.orientation.y, msg.pose.orientation.z = qy, qz
+            self.object_pubs[name].publish(msg)
 
     # --- camera thread ---------------------------------------------------------------------------
     def _camera_loop(self) -> None:

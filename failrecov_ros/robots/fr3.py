@@ -8,6 +8,7 @@ simulator uses for kinematics only); velocity limits are the URDF's; the datashe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from failrecov_ros.core.limits import JointLimit, JointLimits
 
@@ -42,3 +43,29 @@ MAX_GRIPPER_SPEED = 0.1
 MAX_GRASP_FORCE = 70.0
 #: franka_ros2's "ready" pose: hand pointing down above the table in front of the robot.
 HOME = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
+
+# --- kinematic description (robots.kinematics) -------------------------------------------------
+#: The FR3 URDF with the real joint frames and limits: (Python package, resource path). The
+#: ``franka-sim`` package ships it; its joints are ``joint1..7`` in ARM_JOINTS order.
+URDF_RESOURCE = ("franka_sim", "models/fr3.urdf")
+URDF_FLANGE_FRAME = "link8"
+#: franka_description's Franka Hand: mounted on the flange turned -45 degrees about z, its TCP
+#: (between the fingertips) 103.4 mm past the hand's base.
+HAND_YAW = -math.pi / 4
+HAND_TO_TCP = 0.1034
+BASE_FRAME = "fr3_link0"
+TCP_FRAME = "fr3_hand_tcp"
+
+
+# --- joint_states ------------------------------------------------------------------------------
+#: Command joints that joint_states reports under another name (none on the FR3).
+JOINT_STATE_ALIASES: dict[str, str] = {}
+
+
+def gripper_width(positions: Mapping[str, float]) -> float | None:
+    """Finger-to-finger width (m) from joint_states positions by name: the two fingers' sum.
+
+    None until both finger joints have been seen.
+    """
+    fingers = [positions.get(name) for name in FINGER_JOINTS]
+    return None if any(f is None for f in fingers) else float(sum(fingers))

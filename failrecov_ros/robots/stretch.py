@@ -55,6 +55,8 @@ COMMAND_NAMES = (LIFT, ARM, WRIST_EXTENSION, *TELESCOPING_JOINTS, *WRIST_JOINTS,
 #: What stretch_driver publishes on /joint_states, in its order (SE3 with the DW3 wrist).
 JOINT_STATE_NAMES = (WRIST_EXTENSION, LIFT, *TELESCOPING_JOINTS, *HEAD_JOINTS, *WRIST_JOINTS,
                      *FINGER_JOINTS)
+#: Command joints that /joint_states reports under another name (the telescoping arm's total).
+JOINT_STATE_ALIASES = {ARM: WRIST_EXTENSION}
 
 # --- controller, modes and services ------------------------------------------------------------
 CONTROLLER = "stretch_controller"
@@ -318,3 +320,55 @@ STOW = _pose(0.3, 0.0, 3.0, -0.52, 0.0, 0.0, 0.0, 0.0)
 #: Where ``home_the_robot`` leaves the joints (stretch_body's home-and-stow test: lift ~0.58,
 #: arm 0.1, wrist and head at 0, gripper at 0 pct).
 HOME = _pose(0.58, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+# --- kinematic description (robots.kinematics) -------------------------------------------------
+#: The SE3 + DW3 + SG3 URDF: (Python package, resource path) of ``hello-robot-stretch-urdf``.
+URDF_RESOURCE = ("stretch_urdf", "SE3/stretch_description_SE3_eoa_wrist_dw3_tool_sg3.urdf")
+BASE_FRAME = "base_link"
+#: The grasp point between the fingertip pads, in the gripper body's frame (the URDF's
+#: link_grasp_center sits 15 mm further out, at the pads' tips).
+GRASP_FRAME_PARENT = "link_gripper_s3_body"
+GRASP_FRAME_OFFSET = (-0.0001, 0.0, 0.2168)
+TCP_FRAME = "grasp_center"
+#: The joints the executor drives with the base parked, as stretch_driver names them in a goal:
+#: the telescoping arm is one ``joint_arm`` command (split over its four links by the driver).
+ARM_COMMAND_JOINTS = (LIFT, ARM, WRIST_YAW, WRIST_PITCH, WRIST_ROLL)
+#: Limits of those commands; the arm's are the whole extension's (stretch_body ``arm``).
+ARM_COMMAND_LIMITS = JointLimits.of([
+    JOINT_LIMITS[LIFT],
+    JointLimit(ARM, *ARM_RANGE, 0.4, 0.4),
+    JOINT_LIMITS[WRIST_YAW],
+    JOINT_LIMITS[WRIST_PITCH],
+    JOINT_LIMITS[WRIST_ROLL],
+])
+#: HOME as ARM_COMMAND_JOINTS values.
+ARM_HOME = (HOME[LIFT], sum(HOME[n] for n in TELESCOPING_JOINTS), HOME[WRIST_YAW],
+            HOME[WRIST_PITCH], HOME[WRIST_ROLL])
+#: What the gripper opens to for a grasp (stretch_body's 100 "pct" open position) and the
+#: aperture it is driven to for a squeeze (the fingers stall on what they hold).
+GRIPPER_OPEN_APERTURE = 100.0 * APERTURE_PER_PCT
+GRIPPER_SQUEEZE_APERTURE = -0.05
+
+
+def gripper_width(positions: Mapping[str, float]) -> float | None:
+    """Fingertip aperture (m) from joint_states positions by name.
+
+    stretch_driver reports both finger joints with the one motor's angle; the mean of those
+    present is converted as the driver converts it (:func:`finger_to_aperture`). None until a
+    finger joint has been seen.
+    """
+    fingers = [positions[name] for name in FINGER_JOINTS if name in positions]
+    return None if not fingers else finger_to_aperture(sum(fingers) / len(fingers))
+
+
+def stall_grasp_failure(aperture: float, object_width: float, epsilon: float) -> str | None:
+    """Why a squeeze grasp failed, or None when it holds the object.
+
+    The gripper is driven to GRIPPER_SQUEEZE_APERTURE and stalls on what it holds, so a grasp
+    succeeded when the aperture it stopped at is within ``epsilon`` of the object's width.
+    """
+    if abs(aperture - object_width) <= epsilon:
+        return None
+    return (f"grasp failed: aperture {aperture:.4f} m outside {object_width:.4f} "
+            f"+- {epsilon:.4f} m")

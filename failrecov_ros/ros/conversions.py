@@ -169,3 +169,64 @@ def joint_trajectory_msg(joint_names, points):
             velocities=[float(v) for v in (rest[0] if rest else ())],
             time_from_start=s_to_duration(time_s)))
     return msg
+
+
+def pose_from_msg(pose):
+    """geometry_msgs/Pose to the skills' Pose (TaskError if it is not finite or zero-rotation)."""
+    from failrecov_ros.skills.library import Pose
+
+    p, o = pose.position, pose.orientation
+    return Pose((p.x, p.y, p.z), (o.w, o.x, o.y, o.z))
+
+
+def skill_from_msg(msg, base_frame: str):
+    """failrecov_ros/msg/SkillSpec to the skills' SkillSpec (TaskError says what is wrong)."""
+    from failrecov_ros.skills.library import SkillSpec, TaskError
+
+    pose = None
+    if msg.has_pose:
+        frame = msg.pose.header.frame_id
+        if frame not in ("", base_frame):
+            raise TaskError(f"{msg.name}: pose frame {frame!r} is not the robot base frame "
+                            f"{base_frame!r} (no TF here: give poses in the base frame)")
+        pose = pose_from_msg(msg.pose.pose)
+    params = {kv.key: kv.value for kv in msg.params}
+    return SkillSpec(msg.name, msg.target, tuple(msg.joint_positions), pose, params)
+
+
+def status_to_msg(status, robot: str):
+    """The runner's Status to the latched failrecov_ros/msg/SkillStatus."""
+    from failrecov_ros.msg import SkillStatus
+
+    msg = SkillStatus()
+    msg.header.stamp = ns_to_time(status.stamp_ns)
+    msg.episode_id, msg.task, msg.instruction = status.episode_id, status.task, status.instruction
+    msg.robot, msg.state = robot, int(status.state)
+    msg.skill, msg.skill_index = status.skill, status.skill_index
+    msg.skill_count, msg.stage = status.skill_count, status.stage
+    msg.step, msg.event = status.step, status.event
+    msg.event_stamp = ns_to_time(status.event_stamp_ns)
+    msg.event_step, msg.message = status.event_step, status.message
+    return msg
+
+
+def feedback_to_msg(feedback):
+    """The runner's Feedback to ExecuteTask feedback."""
+    from failrecov_ros.action import ExecuteTask
+
+    return ExecuteTask.Feedback(skill=feedback.skill, skill_index=feedback.skill_index,
+                                skill_count=feedback.skill_count, stage=feedback.stage,
+                                progress=float(feedback.progress),
+                                recovering=feedback.recovering)
+
+
+def task_result_to_msg(result):
+    """The runner's TaskResult to the ExecuteTask result."""
+    from failrecov_ros.action import ExecuteTask
+
+    return ExecuteTask.Result(
+        error_code=int(result.code), error_string=result.message,
+        skills_completed=result.skills_completed,
+        recoveries_attempted=result.recoveries_attempted,
+        recoveries_succeeded=result.recoveries_succeeded,
+        duration=s_to_duration(result.duration_s))

@@ -1,4 +1,8 @@
-"""Messages for what sensors report: JointState, RGB and depth Images, CameraInfo, Clock."""
+"""Messages for what sensors report.
+
+JointState, Images, CameraInfo, Imu, PointCloud2, Clock, a sensor's static transforms and its
+DiagnosticStatus.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Quaternion, TransformStamped, Vector3
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, Imu, JointState, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from failrecov_ros.core.camera import Intrinsics
@@ -87,3 +93,68 @@ def intrinsics_from_msg(msg: CameraInfo) -> Intrinsics:
 def clock_msg(stamp: Time) -> Clock:
     """rosgraph_msgs/Clock for ``/clock``."""
     return Clock(clock=stamp)
+
+
+def imu_msg(stamp: Time, frame_id: str, angular_velocity=None, linear_acceleration=None) -> Imu:
+    """sensor_msgs/Imu; a part not measured is marked so (covariance[0] = -1), as REP 145 says.
+
+    No orientation is ever estimated here.
+    """
+    msg = Imu(header=header(stamp, frame_id))
+    msg.orientation_covariance[0] = -1.0
+    for value, field, covariance in ((angular_velocity, "angular_velocity",
+                                      "angular_velocity_covariance"),
+                                     (linear_acceleration, "linear_acceleration",
+                                      "linear_acceleration_covariance")):
+        if value is None:
+            getattr(msg, covariance)[0] = -1.0
+        else:
+            x, y, z = (float(v) for v in value)
+            setattr(msg, field, Vector3(x=x, y=y, z=z))
+    return msg
+
+
+def pointcloud_msg(stamp: Time, frame_id: str, points: np.ndarray,
+                   colors: np.ndarray) -> PointCloud2:
+    """Unordered XYZRGB cloud (float32 x, y, z and rgb packed as realsense-ros and PCL do)."""
+    if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
+        raise ValueError(f"need Nx3 points and Nx3 colors, got {points.shape}, {colors.shape}")
+    rgb = colors.astype(np.uint32)
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    cloud = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                          ("rgb", "<u4")])
+    cloud["x"], cloud["y"], cloud["z"], cloud["rgb"] = points.T[0], points.T[1], points.T[2], \
+        packed
+    fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+              for i, name in enumerate(("x", "y", "z", "rgb"))]
+    return PointCloud2(header=header(stamp, frame_id), height=1, width=len(points),
+                       fields=fields, is_bigendian=False, point_step=16,
+                       row_step=16 * len(points), data=cloud.tobytes(), is_dense=True)
+
+
+def transform_msgs(stamp: Time, transforms) -> list[TransformStamped]:
+    """geometry_msgs/TransformStamped for each ``perception.transforms.Transform``."""
+    out = []
+    for transform in transforms:
+        msg = TransformStamped(header=header(stamp, transform.parent),
+                               child_frame_id=transform.child)
+        x, y, z = transform.translation
+        msg.transform.translation = Vector3(x=x, y=y, z=z)
+        qx, qy, qz, qw = transform.rotation_xyzw
+        msg.transform.rotation = Quaternion(x=qx, y=qy, z=qz, w=qw)
+        out.append(msg)
+    return out
+
+
+_LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN,
+           "error": DiagnosticStatus.ERROR}
+
+
+def diagnostic_status_msg(name: str, hardware_id: str, level: str, message: str,
+                          values: dict) -> DiagnosticStatus:
+    """diagnostic_msgs/DiagnosticStatus; ``level`` is ``ok``, ``warn`` or ``error``."""
+    if level not in _LEVELS:
+        raise ValueError(f"level must be one of {', '.join(_LEVELS)}, got {level!r}")
+    return DiagnosticStatus(level=_LEVELS[level], name=name, hardware_id=hardware_id,
+                            message=message,
+                            values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])

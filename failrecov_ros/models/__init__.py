@@ -1,0 +1,1 @@
+"""Diagnosis model backends behind one interface."""

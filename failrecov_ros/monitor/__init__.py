@@ -1,0 +1,1 @@
+"""The recovery monitor without ROS: buffers, triggers, windows, counters."""

@@ -1,0 +1,183 @@
+"""When to take over from the running task, and where to hand back (FailSafe's takeover loop).
+
+A diagnosis leads to a takeover only if it is about this episode, not stale (its window ended
+after the current skill began, less a grace period, and after the last recovery), reports a
+failure with enough confidence, recovery is enabled, and the episode's retry budget is not
+spent; every other outcome is a decision with a reason the executor logs and publishes. After
+the correction has run, the task resumes at a point that makes sense for the failure: the failed
+stage itself, re-approach and regrasp for a failed grasp or a gripper fault, and a fresh approach
+(with the object's pose read again) once the object has been lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Sequence
+
+from failrecov_ros.core.schema import CorrectionKind, Diagnosis
+from failrecov_ros.core.taxonomy import FailureType
+from failrecov_ros.skills.steps import GRASP, GRIPPER, Step
+
+#: Failures that leave the object out of the hand: re-approach it where it is now.
+OBJECT_LOST = (FailureType.SLIP, FailureType.EARLY_RELEASE)
+#: Failures of the close itself: re-approach and close again.
+GRIPPER_FAULTS = (FailureType.DELAY_CLOSE, FailureType.WEAK_CLOSE, FailureType.FORCE_OPEN)
+PRE_CONTACT_STAGES = ("approach", "pre_grasp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryConfig:
+    """Takeover policy: threshold, budget, bin size and how long to wait for the monitor."""
+
+    confidence_threshold: float = 0.5
+    max_recoveries: int = 2
+    metres_per_bin: float = 0.01
+    diagnosis_wait: float = 10.0  # s the executor waits for a diagnosis after its own failure
+    stale_grace: float = 2.0  # s before the current skill's start a window may still end
+    trajectory_wait: float = 0.5  # s it waits for the monitor's trajectory of a diagnosis
+    use_monitor_trajectory: bool = True
+    weak_close_force_scale: float = 1.5  # grasp force factor for the regrasp after weak_close
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got "
+                             f"{self.confidence_threshold}")
+        if self.max_recoveries < 0:
+            raise ValueError(f"max_recoveries must be >= 0, got {self.max_recoveries}")
+        if not (math.isfinite(self.metres_per_bin) and self.metres_per_bin > 0):
+            raise ValueError(f"metres_per_bin must be positive, got {self.metres_per_bin}")
+        if not (self.diagnosis_wait >= 0 and self.trajectory_wait >= 0
+                and self.stale_grace >= 0):
+            raise ValueError("diagnosis_wait, trajectory_wait and stale_grace must be >= 0")
+        if not (math.isfinite(self.weak_close_force_scale) and self.weak_close_force_scale >= 1):
+            raise ValueError(f"weak_close_force_scale must be >= 1, got "
+                             f"{self.weak_close_force_scale}")
+
+
+class Action(str, enum.Enum):
+    """What the executor does with a diagnosis."""
+
+    IGNORE = "ignore"
+    TAKEOVER = "takeover"
+    NEEDS_HELP = "needs_help"
+
+
+@dataclasses.dataclass(frozen=True)
+class Assessment:
+    """A decision on one diagnosis and why."""
+
+    action: Action
+    reason: str
+
+
+class RetryBudget:
+    """Recoveries left in an episode."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"retry budget must be >= 0, got {limit}")
+        self.limit, self.used = int(limit), 0
+
+    @property
+    def remaining(self) -> int:
+        """Recoveries still allowed."""
+        return self.limit - self.used
+
+    def consume(self) -> None:
+        """Spend one recovery (ValueError when none is left)."""
+        if self.remaining <= 0:
+            raise ValueError(f"the retry budget of {self.limit} is spent")
+        self.used += 1
+
+
+def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: bool,
+           threshold: float, budget: RetryBudget) -> Assessment:
+    """Decide what a diagnosis means for the running episode (pure; the reason says why)."""
+    d = diagnosis
+    what = f"{d.failure_type.value} at {d.stage or '?'} (confidence {d.confidence:.2f})"
+    if d.is_unknown:
+        return Assessment(Action.IGNORE, f"ignored a diagnosis the monitor could not parse: "
+                                         f"{d.error}")
+    if d.episode_id and episode_id and d.episode_id != episode_id:
+        return Assessment(Action.IGNORE, f"ignored a diagnosis for episode {d.episode_id!r}, "
+                                         f"not the running {episode_id!r}")
+    if d.stamp_ns < since_ns:
+        return Assessment(Action.IGNORE, f"ignored a stale diagnosis ({what}): its window ended "
+                                         f"{(since_ns - d.stamp_ns) / 1e9:.2f} s before the "
+                                         "current skill (less its grace) or the last recovery "
+                                         "started")
+    if not d.failed:
+        return Assessment(Action.IGNORE, "the monitor reports no failure")
+    if d.confidence < threshold:
+        return Assessment(Action.IGNORE, f"ignored {what}: below the confidence threshold "
+                                         f"{threshold:.2f}")
+    if not enabled:
+        return Assessment(Action.IGNORE, f"ignored {what}: recovery is disabled for this goal")
+    if d.correction.kind is CorrectionKind.NEEDS_HELP:
+        return Assessment(Action.NEEDS_HELP, f"{what}: the monitor asks for help: {d.summary}")
+    if budget.remaining <= 0:
+        return Assessment(Action.NEEDS_HELP, f"{what}: the retry budget of {budget.limit} "
+                                             "recoveries is spent")
+    return Assessment(Action.TAKEOVER, f"taking over for {what}: {d.summary}".rstrip(": "))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where the task continues after a correction, and what to do first."""
+
+    index: int
+    reopen: bool  # open the gripper before the correction (a regrasp follows)
+    refresh: bool  # read the object's pose again (it is no longer where it was)
+    reason: str
+
+
+def _block_start(steps: Sequence[Step], index: int) -> int:
+    """First index of the run of steps with the stage (and skill) of ``steps[index]``."""
+    stage, skill = steps[index].stage, steps[index].skill_index
+    while index > 0 and steps[index - 1].stage == stage and \
+            steps[index - 1].skill_index == skill:
+        index -= 1
+    return index
+
+
+def _last(steps: Sequence[Step], current: int, predicate) -> int | None:
+    for index in range(min(current, len(steps) - 1), -1, -1):
+        if predicate(steps[index]):
+            return index
+    return None
+
+
+def resume_point(steps: Sequence[Step], current: int, stage: str,
+                 failure_type: FailureType, gripper_closed: bool) -> ResumePoint:
+    """Where to resume after a correction for a failure diagnosed at ``stage``.
+
+    ``current`` is the step that was running (or had just failed). The stage is looked up among
+    the steps up to it (the latest occurrence); an unknown stage means the current one.
+    """
+    current = min(max(current, 0), len(steps) - 1)
+    grasp = _last(steps, current, lambda s: s.kind == GRIPPER and s.gripper == GRASP)
+    failed = _last(steps, current, lambda s: s.stage == stage) if stage else None
+    if failed is None:
+        failed = current
+    if grasp is not None and failure_type in OBJECT_LOST:
+        approach = _last(steps, grasp, lambda s: s.stage == "approach")
+        index = _block_start(steps, approach if approach is not None else grasp)
+        return ResumePoint(index, True, True,
+                           f"the object was lost: re-approach {steps[index].target or 'it'} "
+                           "and regrasp")
+    regrasp = grasp is not None and (steps[failed].stage == "grasp"
+                                     or failure_type in GRIPPER_FAULTS)
+    if regrasp:
+        before = grasp - 1 if grasp > 0 else None
+        if before is not None and steps[before].stage == "pre_grasp":
+            index = _block_start(steps, before)
+        else:
+            index = grasp
+        return ResumePoint(index, True, False, "re-approach and regrasp")
+    index = _block_start(steps, failed)
+    reopen = gripper_closed and steps[failed].stage in PRE_CONTACT_STAGES and \
+        any(s.kind == GRIPPER and s.gripper == GRASP for s in steps[index:])
+    return ResumePoint(index, reopen, False, f"resume at {steps[index].stage} of "
+                                             f"{steps[index].skill}")

@@ -1,0 +1,319 @@
+"""Train and score the compact model on the data engine's Parquet datasets.
+
+``failrecov train --data DIR --out DIR`` ends here. Frames are decoded and resized once into
+memory (the same :func:`~failrecov_ros.models.compact.resize_frame` the runtime uses), then
+a few epochs of AdamW with light augmentation (shift, brightness, contrast) fit every head.
+Everything is seeded, so one command reproduces a checkpoint on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.nn import functional as F  # noqa: N812 - torch's idiom
+
+from failrecov_ros.core.schema import Diagnosis, GripperCommand, validate
+from failrecov_ros.evaluation import metrics
+from failrecov_ros.models import compact
+from failrecov_ros.models.compact import (
+    DELTA_SCALE,
+    GRIPPER_COMMANDS,
+    TYPES,
+    CompactConfig,
+    CompactNet,
+    prepare_batch,
+    state_matrix,
+)
+
+_LOG = logging.getLogger(__name__)
+_COLUMNS = ("sample_id", "task", "instruction", "episode_seed", "label_json", "frames",
+            "joint_positions", "gripper_width", "variation_json")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the architecture is :class:`CompactConfig`)."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    image_size: int = 96
+    validation_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 2
+    max_shift_px: int = 4
+
+
+@dataclasses.dataclass
+class Samples:
+    """A decoded dataset in memory: resized frames, state, text and labels."""
+
+    frames: np.ndarray          # (N, T, S, S, 3) uint8
+    state: np.ndarray           # (N, T, n_joints + 1) float32
+    instructions: list[str]
+    tasks: list[str]
+    labels: list[Diagnosis]
+    episode_seeds: np.ndarray
+    variations: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Samples:
+        """The samples at ``index``, in that order."""
+        index = np.asarray(index, dtype=int)
+        return Samples(self.frames[index], self.state[index],
+                       [self.instructions[i] for i in index], [self.tasks[i] for i in index],
+                       [self.labels[i] for i in index], self.episode_seeds[index],
+                       [self.variations[i] for i in index])
+
+
+def parse_filter(items: Sequence[str]) -> dict[str, str]:
+    """``factor=value`` strings (variation factors) to a dict; ValueError on a bad one."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"expected factor=value, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _matches(variation: dict, wanted: dict[str, str]) -> bool:
+    return all(str(variation.get(k)) == v for k, v in wanted.items())
+
+
+def load_samples(data_dir: str | Path, image_size: int, window_frames: int = 10,
+                 n_joints: int = 7, exclude: dict[str, str] | None = None,
+                 only: dict[str, str] | None = None, limit: int | None = None) -> Samples:
+    """Decode the accepted samples of a data-engine output folder.
+
+    ``exclude``/``only`` filter on variation factors (``{"target_color": "purple"}``), which
+    is how a variation is held out of training and scored alone.
+    """
+    files = sorted(Path(data_dir, "data").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{data_dir}: no data/*.parquet (is it a `failrecov datagen` "
+                                "output folder?)")
+    rows = []
+    for path in files:
+        for row in pq.read_table(path, columns=list(_COLUMNS)).to_pylist():
+            variation = json.loads(row["variation_json"] or "{}")
+            if exclude and _matches(variation, exclude):
+                continue
+            if only and not _matches(variation, only):
+                continue
+            row["variation"] = variation
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise ValueError(f"{data_dir}: no samples left after filtering")
+
+    def decode(row: dict) -> np.ndarray:
+        frames = [compact.resize_frame(np.asarray(Image.open(io.BytesIO(f["bytes"]))
+                                                  .convert("RGB")), image_size)
+                  for f in row["frames"]]
+        return compact.pad_window(np.stack(frames), window_frames)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # PIL releases the GIL while decoding
+        frames = np.stack(list(pool.map(decode, rows)))
+    state = np.stack([compact.pad_window(state_matrix(
+        np.asarray(r["joint_positions"]), np.asarray(r["gripper_width"]),
+        len(r["frames"]), n_joints), window_frames) for r in rows])
+    return Samples(frames=frames, state=state.astype(np.float32),
+                   instructions=[r["instruction"] for r in rows],
+                   tasks=[r["task"] for r in rows],
+                   labels=[validate(json.loads(r["label_json"])) for r in rows],
+                   episode_seeds=np.array([r["episode_seed"] for r in rows]),
+                   variations=[r["variation"] for r in rows])
+
+
+def _targets(config: CompactConfig, labels: Sequence[Diagnosis]) -> dict[str, torch.Tensor]:
+    """Class indices and regression targets, with masks where a head has no label."""
+    n = len(labels)
+    out = {"failure": torch.zeros(n, dtype=torch.long), "stage": torch.zeros(n, dtype=torch.long),
+           "stage_mask": torch.zeros(n), "delta": torch.zeros(n, 7), "delta_mask": torch.zeros(n),
+           "directive_mask": torch.zeros(n), "gripper": torch.zeros(n, dtype=torch.long),
+           "keyframe": torch.zeros(n, dtype=torch.long)}
+    for a in "xyz":
+        out[f"dir_{a}"] = torch.zeros(n, dtype=torch.long)
+        out[f"bins_{a}"] = torch.zeros(n, dtype=torch.long)
+    for i, label in enumerate(labels):
+        out["failure"][i] = TYPES.index(label.failure_type.value)
+        if label.stage in config.stages:
+            out["stage"][i], out["stage_mask"][i] = config.stages.index(label.stage), 1.0
+        delta = label.correction.ee_delta
+        if label.failed and delta is not None:
+            out["delta"][i] = torch.tensor(np.asarray(delta) / np.asarray(DELTA_SCALE))
+            out["delta_mask"][i] = 1.0
+        directive = label.correction.directive
+        if label.failed and directive is not None:
+            out["directive_mask"][i] = 1.0
+            for a in "xyz":
+                out[f"dir_{a}"][i] = getattr(directive, f"dir_{a}") + 1
+                out[f"bins_{a}"][i] = getattr(directive, f"bins_{a}")
+            out["gripper"][i] = GRIPPER_COMMANDS.index(directive.gripper.value)
+            if directive.gripper is not GripperCommand.NONE:
+                out["keyframe"][i] = min(directive.keyframe, config.window_frames - 1) + 1
+    return out
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    losses = F.cross_entropy(logits, target, reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of every head's loss; correction heads only count on failures that carry them."""
+    loss = F.cross_entropy(outputs["failure"], targets["failure"])
+    loss = loss + _masked_ce(outputs["stage"], targets["stage"], targets["stage_mask"])
+    delta_err = F.smooth_l1_loss(outputs["delta"], targets["delta"], reduction="none").sum(1)
+    loss = loss + (delta_err * targets["delta_mask"]).sum() / targets["delta_mask"].sum().clamp(
+        min=1.0)
+    mask = targets["directive_mask"]
+    for a in "xyz":
+        loss = loss + 0.5 * _masked_ce(outputs[f"dir_{a}"], targets[f"dir_{a}"], mask)
+        loss = loss + 0.5 * _masked_ce(outputs[f"bins_{a}"], targets[f"bins_{a}"], mask)
+    loss = loss + _masked_ce(outputs["gripper"], targets["gripper"], mask)
+    gripper_mask = mask * (targets["keyframe"] > 0).float()
+    return loss + _masked_ce(outputs["keyframe"], targets["keyframe"], gripper_mask)
+
+
+def _augment(frames: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Same shift and photometric jitter for every frame of a window.
+
+    The camera moved or the light changed, not the scene.
+    """
+    out = np.empty_like(frames)
+    size = frames.shape[2]
+    for i, window in enumerate(frames):
+        dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+        padded = np.pad(window, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
+                        mode="edge")
+        shifted = padded[:, max_shift + dy:max_shift + dy + size, max_shift + dx:max_shift + dx
+                         + size].astype(np.float32)
+        gain, bias = rng.uniform(0.75, 1.25), rng.uniform(-20, 20)
+        channel = rng.uniform(0.9, 1.1, size=3)
+        out[i] = np.clip(shifted * gain * channel + bias, 0, 255).astype(np.uint8)
+    return out
+
+
+def split_by_episode(samples: Samples, fraction: float, seed: int) -> tuple[np.ndarray,
+                                                                              np.ndarray]:
+    """Train/validation indices with no episode in both (windows of one run are alike)."""
+    episodes = np.unique(samples.episode_seeds)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(episodes, size=max(1, int(round(fraction * len(episodes)))),
+                          replace=False).tolist()) if fraction > 0 and len(episodes) > 1 else set()
+    is_val = np.array([s in held for s in samples.episode_seeds])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
+          trained_on: str = "", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit a compact model, save it to ``out_dir`` and return the validation report."""
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    rng = np.random.default_rng(settings.seed)
+    train_idx, val_idx = split_by_episode(samples, settings.validation_fraction, settings.seed)
+    stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
+    flat_state = samples.state[train_idx].reshape(-1, samples.state.shape[-1])
+    config = CompactConfig(
+        window_frames=samples.frames.shape[1], image_size=samples.frames.shape[2],
+        n_joints=samples.state.shape[-1] - 1, stages=stages or ("unknown",),
+        tasks=tuple(sorted(set(samples.tasks))),
+        state_mean=tuple(float(v) for v in flat_state.mean(0)),
+        state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)), trained_on=trained_on)
+    net = CompactNet(config)
+    targets = _targets(config, samples.labels)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    steps = settings.epochs * math.ceil(len(train_idx) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, settings.learning_rate,
+                                                   total_steps=max(steps, 1))
+    started = time.monotonic()
+    for epoch in range(settings.epochs):
+        net.train()
+        order = rng.permutation(train_idx)
+        total = 0.0
+        for start in range(0, len(order), settings.batch_size):
+            index = order[start:start + settings.batch_size]
+            frames = _augment(samples.frames[index], rng, settings.max_shift_px)
+            batch = prepare_batch(config, frames, samples.state[index],
+                                  [samples.instructions[i] for i in index],
+                                  [samples.tasks[i] for i in index])
+            loss = loss_fn(net(**batch), {k: v[index] for k, v in targets.items()})
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += loss.item() * len(index)
+        message = (f"epoch {epoch + 1}/{settings.epochs}: loss {total / len(train_idx):.3f} "
+                   f"({time.monotonic() - started:.0f} s)")
+        _LOG.info(message)
+        if progress:
+            progress(message)
+    compact.save(net, out_dir)
+    report: dict[str, Any] = {"train_samples": int(len(train_idx)),
+                              "validation_samples": int(len(val_idx)),
+                              "train_seconds": round(time.monotonic() - started, 1),
+                              "settings": dataclasses.asdict(settings)}
+    if len(val_idx):
+        report["validation"] = score(predict(net, samples.subset(val_idx)),
+                                     [samples.labels[i] for i in val_idx])
+    Path(out_dir, "training.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def predict(net: CompactNet, samples: Samples, batch_size: int = 64) -> list[Diagnosis]:
+    """Validated diagnoses for every sample (the runtime's decoder and validator)."""
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            stop = min(start + batch_size, len(samples))
+            batch = prepare_batch(net.config, samples.frames[start:stop],
+                                  samples.state[start:stop], samples.instructions[start:stop],
+                                  samples.tasks[start:stop])
+            outputs = net(**batch)
+            out += [validate(compact.decode_outputs(net.config, outputs, i))
+                    for i in range(stop - start)]
+    return out
+
+
+def score(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis],
+          keyframe_tolerance: int = 2) -> dict[str, float | int | None]:
+    """The papers' metrics (DIGEST 1.5, 3.5); None where a metric has no eligible sample."""
+
+    def guarded(fn: Callable[[], float]) -> float | None:
+        try:
+            return round(fn(), 4)
+        except ValueError:
+            return None
+
+    return {
+        "samples": len(truth),
+        "binary_accuracy": guarded(lambda: metrics.binary_accuracy(predicted, truth)),
+        "type_axis_accuracy": guarded(lambda: metrics.type_axis_accuracy(predicted, truth)),
+        "type_accuracy": guarded(lambda: metrics.type_accuracy(predicted, truth)),
+        "dream2fix_correction_accuracy": guarded(lambda: metrics.dream2fix_correction_accuracy(
+            predicted, truth, keyframe_tolerance)),
+        "delta_cosine": guarded(lambda: metrics.delta_cosine(predicted, truth)),
+    }

@@ -1,0 +1,250 @@
+"""Compact model: valid outputs by construction, checkpoints, the diagnose() wrapper, training."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from failrecov_ros.core.schema import (
+    Correction,
+    CorrectionKind,
+    Diagnosis,
+    Directive,
+    GripperCommand,
+    validate,
+)
+from failrecov_ros.core.taxonomy import FailureType
+from failrecov_ros.datagen.config import from_dict
+from failrecov_ros.datagen.runner import generate
+from failrecov_ros.models import compact
+from failrecov_ros.models.base import ModelLoadError, Window, diagnose
+from failrecov_ros.models.compact import CompactConfig, CompactModel, CompactNet
+from failrecov_ros.robots import fr3
+from failrecov_ros.training.compact import (
+    Samples,
+    TrainConfig,
+    load_samples,
+    predict,
+    score,
+    train,
+)
+
+CONFIG = CompactConfig(window_frames=4, image_size=32, n_joints=7,
+                       stages=("approach", "keyframe", "lift"), tasks=("pick_cube",))
+
+
+def _window(n=4, size=(48, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    return Window(frames=rng.integers(0, 255, (n, *size, 3), dtype=np.uint8),
+                  stamps_ns=tuple(range(1, n + 1)), instruction="pick up the red cube",
+                  task="pick_cube", joint_positions=rng.normal(size=(n, 7)),
+                  gripper_width=np.full(n, 0.04))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_networks_only_emit_schema_valid_outputs(seed):
+    torch.manual_seed(seed)
+    net = CompactNet(CONFIG).eval()
+    for head in net.heads.values():  # make every class reachable, failures included
+        torch.nn.init.normal_(head.weight, std=3.0)
+    model = CompactModel(net)
+    for k in range(5):
+        diagnosis = diagnose(model, _window(seed=seed * 10 + k))
+        assert not diagnosis.is_unknown, diagnosis.error
+        assert diagnosis.stamp_ns == 4 and diagnosis.window_frames == 4
+        assert diagnosis.model_name == "compact" and diagnosis.latency_s > 0
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = CompactModel(CompactNet(CONFIG))
+    model.save(tmp_path / "ckpt")
+    loaded = CompactModel.load(tmp_path / "ckpt")
+    assert loaded.config == CONFIG
+    window = _window()
+    assert model.predict(window) == loaded.predict(window)
+
+
+def test_the_shipped_checkpoint_loads_and_diagnoses():
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "compact"
+    model = CompactModel.load(folder)
+    assert model.config.image_size == 96 and model.config.window_frames == 10
+    window = Window(frames=np.zeros((10, 480, 640, 3), np.uint8), stamps_ns=tuple(range(10)),
+                    instruction="pick up the red cube", task="pick_cube",
+                    joint_positions=np.tile(np.array(fr3.HOME), (10, 1)),
+                    gripper_width=np.full(10, 0.08))
+    diagnosis = diagnose(model, window)
+    assert not diagnosis.is_unknown, diagnosis.error
+    heldout = json.loads((folder / "heldout.json").read_text())
+    assert heldout["all"]["samples"] >= 500  # the figures the README reports travel with it
+
+
+def test_missing_or_corrupt_checkpoints_are_clear_load_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="missing config.json"):
+        CompactModel.load(tmp_path / "nothing")
+    CompactModel(CompactNet(CONFIG)).save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ModelLoadError, match="not usable"):
+        CompactModel.load(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"bogus": 1}))
+    with pytest.raises(ModelLoadError, match="unknown config keys"):
+        CompactModel.load(tmp_path / "ckpt")
+
+
+def test_short_windows_are_padded_and_long_ones_cut():
+    model = CompactModel(CompactNet(CONFIG))
+    assert not diagnose(model, _window(n=1)).is_unknown
+    assert not diagnose(model, _window(n=9)).is_unknown
+
+
+def test_repeated_stamps_with_new_pixels_are_not_served_from_the_cache():
+    model = CompactModel(CompactNet(CONFIG))
+    first = model._frame(7, np.zeros((48, 64, 3), np.uint8))
+    again = model._frame(7, np.full((48, 64, 3), 200, np.uint8))  # a looped bag: same stamp
+    assert first.max() == 0 and again.min() == 200
+
+
+def test_resize_centre_crops_to_a_square():
+    frame = np.zeros((4, 8, 3), dtype=np.uint8)
+    frame[:, 2:6] = 255  # the centre square is white, the sides black
+    assert np.all(compact.resize_frame(frame, 4) == 255)
+    assert compact.resize_frame(frame, 2).shape == (2, 2, 3)
+
+
+class _Raising:
+    name = "raising"
+
+    def predict(self, window):
+        raise RuntimeError("CUDA out of memory")
+
+    def close(self):
+        pass
+
+
+class _Emitting:
+    def __init__(self, output):
+        self.name, self.output = "emitting", output
+
+    def predict(self, window):
+        return self.output
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("model, reason", [
+    (_Raising(), "model raised RuntimeError: CUDA out of memory"),
+    (_Emitting("I think it failed"), "not JSON"),
+    (_Emitting('{"failed": true}'), "required property"),
+    (_Emitting({"failed": True, "failure_type": "slip", "stage": "lift", "confidence": float("nan"),
+                "summary": "", "correction": {"kind": "none"}}), "finite"),
+    (_Emitting(42), "not text or a dict"),
+])
+def test_bad_model_output_becomes_unknown_with_the_reason(model, reason):
+    diagnosis = diagnose(model, _window())
+    assert diagnosis.is_unknown and not diagnosis.failed
+    assert diagnosis.correction.kind is CorrectionKind.NONE
+    assert reason in diagnosis.error
+    assert diagnosis.stamp_ns == 4
+
+
+def test_text_formats_of_the_papers_are_accepted():
+    label = "RESULT=FAIL; TYPE=gripper; STAGE=keyframe; MODE=weak_close; FIX_G=CLOSE; KF_GT=5;"
+    diagnosis = diagnose(_Emitting(label + "\nSUMMARY: weak"), _window())
+    assert diagnosis.failure_type is FailureType.WEAK_CLOSE
+    assert diagnosis.correction.directive.keyframe == 5
+
+
+def _toy_samples(n=48, seed=0):
+    """Failures are bright windows with a gripper close at frame 2; successes are dark."""
+    rng = np.random.default_rng(seed)
+    failed = np.arange(n) % 2 == 1
+    frames = rng.integers(0, 60, (n, 4, 32, 32, 3)).astype(np.uint8)
+    frames[failed] += 150
+    labels = []
+    for f in failed:
+        if f:
+            directive = Directive(gripper=GripperCommand.CLOSE, keyframe=2)
+            labels.append(validate(Diagnosis(
+                True, FailureType.WEAK_CLOSE, 1.0, "keyframe", "weak",
+                Correction(CorrectionKind.DIRECTIVE, (0, 0, 0, 0, 0, 0, -0.08), "base",
+                           directive)).model_output()))
+        else:
+            labels.append(validate(Diagnosis(False, FailureType.NONE, 1.0,
+                                             "approach").model_output()))
+    return Samples(frames=frames, state=rng.normal(size=(n, 4, 8)).astype(np.float32),
+                   instructions=["pick up the cube"] * n, tasks=["pick_cube"] * n,
+                   labels=labels, episode_seeds=np.arange(n), variations=[{}] * n)
+
+
+def test_training_learns_a_separable_toy_problem(tmp_path):
+    samples = _toy_samples()
+    report = train(samples, TrainConfig(epochs=15, batch_size=16, learning_rate=3e-3,
+                                        validation_fraction=0.25, max_shift_px=1),
+                   tmp_path / "toy")
+    assert report["validation"]["binary_accuracy"] >= 0.9
+    model = CompactModel.load(tmp_path / "toy")
+    predicted = predict(model.net, _toy_samples(n=16, seed=1))
+    truth = _toy_samples(n=16, seed=1).labels
+    assert sum(p.failed == t.failed for p, t in zip(predicted, truth, strict=True)) >= 14
+    failed = [p for p in predicted if p.failed]
+    assert failed and all(p.correction.directive.keyframe == 2 for p in failed)
+
+
+SMALL = {"tasks": ["pick_cube"], "attempts_per_episode": 2, "chunk_size": 4,
+         "vary_scene": True, "image_size": [64, 64],
+         "generators": {"dream2fix": 0.6, "none": 0.4},
+         "verification": {"calibration_episodes": 3}}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "set"
+    generate(from_dict(SMALL), out, 6, progress=False)
+    return out
+
+
+def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
+    samples = load_samples(generated, image_size=32)
+    assert len(samples) >= 6 and samples.frames.shape[1:] == (10, 32, 32, 3)
+    out = tmp_path / "model"
+    result = subprocess.run(
+        [sys.executable, "-m", "failrecov_ros.cli", "train", "--data", str(generated), "--out",
+         str(out), "--epochs", "1", "--image-size", "32", "--validation-fraction", "0"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    model = CompactModel.load(out)
+    assert model.config.image_size == 32 and model.config.tasks == ("pick_cube",)
+    report = json.loads((out / "training.json").read_text())
+    assert report["train_samples"] == len(samples)
+    scored = subprocess.run(
+        [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
+         "--data", str(generated)], capture_output=True, text=True, timeout=600)
+    assert scored.returncode == 0, scored.stderr
+    metrics = json.loads(scored.stdout)
+    # The command reports exactly what the paper metrics give on the model's own predictions.
+    assert metrics["all"] == score(predict(model.net, samples), samples.labels)
+    assert metrics["all"]["samples"] == len(samples)
+
+
+def test_filters_hold_a_variation_out(generated):
+    everything = load_samples(generated, image_size=32)
+    colour = everything.variations[0]["target_color"]
+    only = load_samples(generated, image_size=32, only={"target_color": colour})
+    if len(only) == len(everything):  # one colour only: excluding it leaves nothing
+        with pytest.raises(ValueError, match="no samples left"):
+            load_samples(generated, image_size=32, exclude={"target_color": colour})
+    else:
+        without = load_samples(generated, image_size=32, exclude={"target_color": colour})
+        assert len(without) + len(only) == len(everything)
+        assert all(v["target_color"] != colour for v in without.variations)
+    assert all(v["target_color"] == colour for v in only.variations)
+
+
+def test_a_folder_without_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="failrecov datagen"):
+        load_samples(tmp_path, image_size=32)
