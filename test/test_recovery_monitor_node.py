@@ -193,7 +193,9 @@ def test_a_model_that_fails_to_load_is_reported_and_the_node_stays_up(peer, tmp_
 
 
 def test_on_request_analysis_of_what_is_buffered(peer, checkpoint):
-    with _monitor(f"model.path:={checkpoint}", "trigger.every_n_frames:=0"):
+    # Also the multi-threaded executor (inference in its own callback group), for slow models.
+    with _monitor(f"model.path:={checkpoint}", "trigger.every_n_frames:=0",
+                  "executor_threads:=2"):
         assert wait_until(peer.connected, 30), "monitor never came up"
         peer.send(3)
         time.sleep(0.5)

@@ -21,7 +21,7 @@ from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, JointState
@@ -53,6 +53,9 @@ class RecoveryMonitor(LifecycleNode):
         self._load = model_loader
         p = self.declare_parameter
         self.autostart = bool(p("autostart", True).value)
+        self.executor_threads = int(p("executor_threads", 1).value)
+        if self.executor_threads < 1:
+            raise ValueError(f"executor_threads must be >= 1, got {self.executor_threads}")
         p("robot", "fr3")
         p("base_frame", "")
         p("image_reliability", "reliable")
@@ -361,10 +364,23 @@ class RecoveryMonitor(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point: one node, a multi-threaded executor (inference has its own group)."""
+    """Entry point: one node; ``executor_threads`` picks the executor.
+
+    One thread (the default) runs inference between callbacks, which suits a fast model:
+    rclpy's multi-threaded executor spends most of a core rebuilding its wait set at 100 Hz
+    joint_states, and starved inference (frame -> diagnosis p95 399 ms against 35 ms, see
+    benchmarks/monitor_benchmark.py). Slow VLM backends want 2+ threads, so frames and state
+    keep arriving during a multi-second generation (inference has its own callback group).
+    """
     rclpy.init(args=args)
-    node = RecoveryMonitor()
-    executor = MultiThreadedExecutor(num_threads=3)
+    try:
+        node = RecoveryMonitor()
+    except ValueError as error:
+        rclpy.logging.get_logger("recovery_monitor").fatal(f"bad parameters: {error}")
+        rclpy.try_shutdown()
+        return 2
+    executor = (SingleThreadedExecutor() if node.executor_threads == 1
+                else MultiThreadedExecutor(num_threads=node.executor_threads))
     executor.add_node(node)
     code = 0
     try:
