@@ -196,7 +196,13 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
     """Score a compact checkpoint on a generated dataset with the papers' metrics."""
     from failrecov_ros.models.base import ModelLoadError
     from failrecov_ros.models.compact import CompactModel
-    from failrecov_ros.training.compact import load_samples, parse_filter, predict, score
+    from failrecov_ros.training.compact import (
+        load_samples,
+        matches_variation,
+        parse_filter,
+        predict,
+        score,
+    )
 
     try:
         model = CompactModel.load(args.model, threads=args.threads)
@@ -211,8 +217,7 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
               "all": score(predicted, samples.labels, args.keyframe_tolerance)}
     for factor_value in args.breakdown:
         wanted = parse_filter([factor_value])
-        index = [i for i, v in enumerate(samples.variations)
-                 if all(str(v.get(k)) == val for k, val in wanted.items())]
+        index = [i for i, v in enumerate(samples.variations) if matches_variation(v, wanted)]
         if index:
             result[factor_value] = score([predicted[i] for i in index],
                                          [samples.labels[i] for i in index],

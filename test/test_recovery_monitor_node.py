@@ -93,20 +93,16 @@ class _Peer:
             self.sent_stamps.append(stamp_ns)
             time.sleep(0.05)
 
-    def diagnostics_value(self, key):
-        for array in reversed(self.received["diagnostics"]):
-            for status in array.status:
-                if status.name.startswith("recovery_monitor"):
-                    values = {kv.key: kv.value for kv in status.values}
-                    if key in values:
-                        return values[key]
-        return None
-
     def diagnostics_values(self, key):
-        """Every value ``key`` had in the monitor's diagnostics so far."""
+        """Every value ``key`` had in the monitor's diagnostics so far, oldest first."""
         return [kv.value for array in list(self.received["diagnostics"]) for status in array.status
                 if status.name.startswith("recovery_monitor") for kv in status.values
                 if kv.key == key]
+
+    def diagnostics_value(self, key):
+        """The newest value of ``key``, or None before the monitor reported it."""
+        values = self.diagnostics_values(key)
+        return values[-1] if values else None
 
     def last_status(self):
         for array in reversed(self.received["diagnostics"]):

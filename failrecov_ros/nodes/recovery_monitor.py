@@ -382,7 +382,6 @@ def main(args: list[str] | None = None) -> int:
     executor = (SingleThreadedExecutor() if node.executor_threads == 1
                 else MultiThreadedExecutor(num_threads=node.executor_threads))
     executor.add_node(node)
-    code = 0
     try:
         if node.autostart:
             node.trigger_configure()
@@ -397,4 +396,4 @@ def main(args: list[str] | None = None) -> int:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 0

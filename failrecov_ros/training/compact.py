@@ -93,7 +93,8 @@ def parse_filter(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _matches(variation: dict, wanted: dict[str, str]) -> bool:
+def matches_variation(variation: dict, wanted: dict[str, str]) -> bool:
+    """True when every ``factor=value`` in ``wanted`` holds for ``variation``."""
     return all(str(variation.get(k)) == v for k, v in wanted.items())
 
 
@@ -113,9 +114,9 @@ def load_samples(data_dir: str | Path, image_size: int, window_frames: int = 10,
     for path in files:
         for row in pq.read_table(path, columns=list(_COLUMNS)).to_pylist():
             variation = json.loads(row["variation_json"] or "{}")
-            if exclude and _matches(variation, exclude):
+            if exclude and matches_variation(variation, exclude):
                 continue
-            if only and not _matches(variation, only):
+            if only and not matches_variation(variation, only):
                 continue
             row["variation"] = variation
             rows.append(row)
