@@ -190,8 +190,10 @@ def test_a_model_that_fails_to_load_is_reported_and_the_node_stays_up(peer, tmp_
 
 def test_on_request_analysis_of_what_is_buffered(peer, checkpoint):
     # Also the multi-threaded executor (inference in its own callback group), for slow models.
+    # The request comes seconds after the frames (service discovery): allow windows that old,
+    # or the staleness rule drops it, which the stale test covers.
     with _monitor(f"model.path:={checkpoint}", "trigger.every_n_frames:=0",
-                  "executor_threads:=2"):
+                  "executor_threads:=2", "trigger.max_age_s:=60.0"):
         assert wait_until(peer.connected, 30), "monitor never came up"
         peer.send(3)
         time.sleep(0.5)
