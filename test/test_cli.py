@@ -1,4 +1,4 @@
-"""The `failrecov` command: schema output, validation exit codes, and the demo end to end."""
+"""The `failrecov` command: schema output, validation exit codes, and the DDS round trip."""
 
 import json
 import subprocess
@@ -34,11 +34,12 @@ def test_validate_names_the_broken_line(tmp_path, capsys):
     assert f"{broken}:2: not a JSON object" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_over_dds():
-    result = subprocess.run([sys.executable, "-m", "failrecov_ros.cli", "demo", "--rate", "50"],
+def test_roundtrip_runs_end_to_end_over_dds():
+    result = subprocess.run([sys.executable, "-m", "failrecov_ros.cli", "roundtrip", "--rate",
+                             "50"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo: sent 8, received 8 over DDS, 5 valid, 3 rejected as unknown, " \
+    assert "roundtrip: sent 8, received 8 over DDS, 5 valid, 3 rejected as unknown, " \
            "0 messages breaking the schema" in result.stdout
 
 

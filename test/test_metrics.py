@@ -126,3 +126,56 @@ def test_misaligned_or_empty_inputs_are_errors():
     with pytest.raises(ValueError, match="not 'slip'"):
         metrics.dream2fix_correction_score(OK, parse_dream2fix(
             "RESULT=FAIL; TYPE=slip; STAGE=transport;"))
+
+
+def _at(diagnosis, stamp_s, confidence=None):
+    """The diagnosis stamped at ``stamp_s`` seconds (and with another confidence)."""
+    import dataclasses
+
+    changed = dataclasses.replace(diagnosis, stamp_ns=round(stamp_s * 1e9))
+    return changed if confidence is None else dataclasses.replace(changed,
+                                                                  confidence=confidence)
+
+
+def test_episode_verdict_is_first_confident_failure_else_last():
+    weak = _at(GRIP_GT, 1.0, confidence=0.3)
+    series = [_at(OK, 0.5), weak, _at(TRANS_GT, 2.0), _at(GRIP_GT, 3.0), _at(OK, 4.0)]
+    assert metrics.episode_verdict(series) is series[2]  # the 0.3 one is below 0.5
+    assert metrics.episode_verdict(series, min_confidence=0.2) is weak
+    never = [_at(OK, 0.5), weak, _at(OK, 1.5)]
+    assert metrics.episode_verdict(never) is never[-1]
+    assert metrics.episode_verdict([]).is_unknown
+
+
+def test_detection_delay_counts_from_onset_only():
+    series = [_at(GRIP_GT, 0.8), _at(OK, 1.1), _at(GRIP_GT, 1.4, confidence=0.4),
+              _at(GRIP_GT, 1.75)]
+    # onset 1.0 s: the 0.8 s alarm is before it, the 1.4 s one not confident -> 1.75 - 1.0
+    assert metrics.detection_delay_s(series, onset_ns=10**9) == pytest.approx(0.75)
+    # at the onset exactly counts, with delay 0
+    assert metrics.detection_delay_s(series, onset_ns=round(1.75e9)) == 0.0
+    assert metrics.detection_delay_s(series, onset_ns=2 * 10**9) is None
+
+
+def test_false_alarms_per_minute():
+    # 30 s with 2 confident alarms (one weak ignored) + 90 s with 1: 3 alarms in 2 minutes
+    first = [_at(GRIP_GT, 1), _at(TRANS_GT, 2), _at(GRIP_GT, 3, confidence=0.1), _at(OK, 4)]
+    second = [_at(OK, 1), _at(GRIP_GT, 50)]
+    assert metrics.false_alarms_per_minute([(first, 30.0), (second, 90.0)]) == 1.5
+    assert metrics.false_alarms_per_minute([(first, 30.0)], min_confidence=0.05) == 6.0
+    with pytest.raises(ValueError, match="no successful episode time"):
+        metrics.false_alarms_per_minute([])
+
+
+def test_latency_percentiles_hand_computed():
+    values = [0.010, 0.020, 0.030, 0.040, 0.100]
+    summary = metrics.latency_summary(values)
+    # p50: the middle value; p95: position 0.95 * 4 = 3.8 -> 0.04 + 0.8 * (0.1 - 0.04)
+    assert summary["p50_s"] == pytest.approx(0.030)
+    assert summary["p95_s"] == pytest.approx(0.088)
+    assert summary["max_s"] == 0.100 and summary["count"] == 5
+    assert summary["mean_s"] == pytest.approx(0.040)
+    assert metrics.percentile([5.0], 95) == 5.0
+    assert metrics.percentile([1.0, 2.0], 0) == 1.0 and metrics.percentile([1.0, 2.0], 100) == 2.0
+    with pytest.raises(ValueError):
+        metrics.latency_summary([])

@@ -107,6 +107,17 @@ def test_frames_going_back_in_time_restart_the_window():
     assert s.take_pending(3 * MS).stamps_ns == (1 * MS, 2 * MS, 3 * MS)
 
 
+def test_a_frame_of_another_size_restarts_the_window_instead_of_breaking_it():
+    s = Supervisor(TriggerConfig(window_frames=3, every_n_frames=3, on_events=()))
+    for stamp in (1 * MS, 2 * MS):
+        s.add_frame(stamp, np.zeros((4, 4, 3), np.uint8))
+    triggered = [s.add_frame(stamp, np.zeros((6, 8, 3), np.uint8))
+                 for stamp in (3 * MS, 4 * MS, 5 * MS)]
+    assert triggered == [False, False, True] and s.stats.buffer_resets == 1
+    window = s.take_pending(5 * MS)
+    assert window.stamps_ns == (3 * MS, 4 * MS, 5 * MS)
+
+
 def test_counters_and_latency_percentiles():
     s = Supervisor(TriggerConfig())
     ok = Diagnosis(False, FailureType.NONE, 0.9, latency_s=0.01)

@@ -325,7 +325,7 @@ def test_every_parameter_in_the_yaml_is_declared(fr3_client):
     client = fr3_client.node.create_client(ListParameters, "/skill_executor/list_parameters")
     assert client.wait_for_service(timeout_sec=30)
     names = set(wait_future(client.call_async(ListParameters.Request()), 30).result.names)
-    section = yaml.safe_load(open(PARAMS))["skill_executor"]["ros__parameters"]
+    section = yaml.safe_load(open(PARAMS))["/**/skill_executor"]["ros__parameters"]
     expected = {n for n in _flatten(section) if not n.startswith("stretch.")}
     assert expected <= names, expected - names
     assert names - expected <= {"use_sim_time", "start_type_description_service"}, \

@@ -361,6 +361,16 @@ def _diagnosis(stamp_ns=100, **fields):
     return Diagnosis(**values)
 
 
+def test_a_stall_is_ignored_while_the_executor_drives_its_own_plan():
+    stall = _diagnosis(failure_type=FailureType.STALL)
+    planned = assess(stall, episode_id="ep", since_ns=50, enabled=True, threshold=0.5,
+                     budget=RetryBudget(1), planned_motion=True)
+    assert planned.action is Action.IGNORE and "not stalled" in planned.reason
+    policy = assess(stall, episode_id="ep", since_ns=50, enabled=True, threshold=0.5,
+                    budget=RetryBudget(1), planned_motion=False)
+    assert policy.action is Action.TAKEOVER
+
+
 @pytest.mark.parametrize("fields, kwargs, action, reason", [
     ({}, {}, Action.TAKEOVER, "taking over for translation_x at pre_grasp"),
     ({"episode_id": "other"}, {}, Action.IGNORE, "episode 'other'"),
@@ -928,7 +938,7 @@ def _flatten(tree, prefix=""):
 def test_the_yaml_restates_the_declared_defaults():
     """One source of truth: the dataclass defaults; the shipped YAML must say the same."""
     path = Path(__file__).resolve().parents[1] / "config" / "skill_executor.yaml"
-    yaml_values = dict(_flatten(yaml.safe_load(path.read_text())["skill_executor"]
+    yaml_values = dict(_flatten(yaml.safe_load(path.read_text())["/**/skill_executor"]
                                 ["ros__parameters"]))
     assert yaml_values.pop("robot") in ROBOTS
     for robot in ROBOTS:

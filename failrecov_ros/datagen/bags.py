@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +21,11 @@ from rosbags import interfaces as rif
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from failrecov_ros.core.camera import Intrinsics, depth_to_z16
+from failrecov_ros.core.schema import Diagnosis
 from failrecov_ros.robots import fr3
 
 JOINT_STATES = "/joint_states"
@@ -32,6 +35,8 @@ COLOR_INFO = "/camera/camera/color/camera_info"
 DEPTH_IMAGE = "/camera/camera/aligned_depth_to_color/image_raw"
 DEPTH_INFO = "/camera/camera/aligned_depth_to_color/camera_info"
 INSTRUCTION = "/task_instruction"
+#: The episode's ground truth for replay scoring (failrecov_ros.evaluation.replay).
+FAILURE_LABEL = "/failure_label"
 OPTICAL_FRAME = "camera_color_optical_frame"
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 JOINT_STATE_T, IMAGE_T, STRING_T = ("sensor_msgs/msg/JointState", "sensor_msgs/msg/Image",
@@ -228,15 +233,41 @@ def _gripper_width(bag: Path, states: dict[int, dict[str, float]], fingers: tupl
     return width * 2.0 if found == 1 else width
 
 
+def message_definition(store: Typestore, msgtype: str) -> tuple[str, str]:
+    """(msgdef, rihs01) for ``Writer.add_connection`` that rosbags can read back.
+
+    rosbags 0.11.9 writes an empty string constant (SkillStatus' ``EVENT_NONE=""``) as
+    ``string EVENT_NONE=`` and then fails to parse that definition when opening the bag;
+    quoting it fixes the round trip (``ros2 bag record`` stores the .msg text, which reads fine).
+    """
+    text, _ = store.generate_msgdef(msgtype, ros_version=2)
+    lines = [line + '""' if line.startswith("string ") and line.endswith("=") else line
+             for line in text.split("\n")]
+    return "\n".join(lines), store.hash_rihs01(msgtype)
+
+
+def label_payload(diagnosis: Diagnosis, onset_ns: int | None = None) -> str:
+    """The label topic's JSON: ``{"diagnosis": <model-output schema>, "onset_ns": int|null}``.
+
+    ``onset_ns`` is on the header-stamp clock (null for a successful episode).
+    """
+    return json.dumps({"diagnosis": diagnosis.model_output(), "onset_ns": onset_ns},
+                      separators=(",", ":"))
+
+
 def write_episode_bag(path: str | Path, *, times, joint_names: Sequence[str], positions,
                       velocities=None, rgb=None, depth_m=None, frame_times=None,
                       intrinsics: Intrinsics | None = None, instruction: str = "",
-                      storage: str = "mcap", start_ns: int = DEFAULT_START_NS) -> Path:
+                      storage: str = "mcap", start_ns: int = DEFAULT_START_NS,
+                      label: Diagnosis | None = None,
+                      label_onset_s: float | None = None) -> Path:
     """Write an episode as a rosbag2 directory (metadata v8, readable by Humble and Jazzy).
 
     ``times``/``frame_times`` are seconds, stamped ``start_ns`` + t on headers and log times.
     ``rgb`` (N HxWx3 uint8) and ``depth_m`` (N HxW metres) share ``frame_times``; camera_info
-    is written beside each image when ``intrinsics`` is given. Returns the bag directory.
+    is written beside each image when ``intrinsics`` is given. ``label`` (the ground truth,
+    failure onset at ``label_onset_s``) goes on :data:`FAILURE_LABEL`, latched, at the start,
+    so replay can score the bag without a sidecar file. Returns the bag directory.
     """
     path = Path(path)
     if path.exists():
@@ -272,6 +303,11 @@ def write_episode_bag(path: str | Path, *, times, joint_names: Sequence[str], po
     if instruction:
         events.append((int(first), 0, INSTRUCTION,
                        lambda _: typestore().types[STRING_T](data=instruction)))
+    if label is not None:
+        onset = None if label_onset_s is None else start_ns + round(label_onset_s * 1e9)
+        payload = label_payload(label, onset)
+        events.append((int(first), 0, FAILURE_LABEL,
+                       lambda _: typestore().types[STRING_T](data=payload)))
     try:
         with Writer(path, version=8, storage_plugin=plugins[storage]) as writer:
             connections = {}
@@ -280,7 +316,8 @@ def write_episode_bag(path: str | Path, *, times, joint_names: Sequence[str], po
                 if topic not in connections:
                     connections[topic] = writer.add_connection(
                         topic, msg.__msgtype__, typestore=typestore(),
-                        offered_qos_profiles=[_LATCHED] if topic == INSTRUCTION else [])
+                        offered_qos_profiles=[_LATCHED] if topic in (INSTRUCTION, FAILURE_LABEL)
+                        else [])
                 writer.write(connections[topic], ns,
                              typestore().serialize_cdr(msg, msg.__msgtype__))
     except WriterError as err:
@@ -356,3 +393,67 @@ def _info(intrinsics: Intrinsics, header):
         distortion_model=intrinsics.distortion_model, d=np.array(intrinsics.distortion),
         k=np.array(intrinsics.k), r=np.eye(3).reshape(-1), p=np.array(intrinsics.p),
         binning_x=0, binning_y=0, roi=roi)
+
+
+@functools.cache
+def message_typestore() -> Typestore:
+    """Humble types plus this package's messages, for bags that do not embed definitions."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    folder = _msg_folder()
+    if folder is not None:
+        types: dict = {}
+        for file in sorted(folder.glob("*.msg")):
+            types.update(get_types_from_msg(file.read_text(), f"failrecov_ros/msg/{file.stem}"))
+        store.register(types)
+    return store
+
+
+def _msg_folder() -> Path | None:
+    """``msg/`` of the source tree or of an installed share folder."""
+    here = Path(__file__).resolve()
+    up = here.parents
+    candidates = [up[2] / "msg"]
+    if len(up) > 5:  # <prefix>/lib/python3.X/site-packages/failrecov_ros/datagen
+        candidates.append(up[5] / "share" / "failrecov_ros" / "msg")
+    candidates += [Path(p) / "share" / "failrecov_ros" / "msg"
+                   for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return next((c for c in candidates if (c / "SkillStatus.msg").exists()), None)
+
+
+class BagRecorder:
+    """Write already-serialized (CDR) messages into a rosbag2 MCAP directory as they arrive.
+
+    What ``ros2 bag record`` does for live topics, for machines without rosbag2_py: rclpy
+    raw subscriptions hand over the bytes, this stores them under their log time. ``latched``
+    topics are offered as transient-local so ``ros2 bag play`` republishes them that way.
+    """
+
+    def __init__(self, path: str | Path, store: Typestore | None = None) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"{self.path} already exists; rosbag2 never overwrites a bag")
+        self._store = store or message_typestore()
+        self._writer = Writer(self.path, version=8, storage_plugin=StoragePlugin.MCAP)
+        self._connections: dict[str, object] = {}
+        self.messages = 0
+        try:
+            self._writer.open()
+        except WriterError as err:
+            raise BagError(f"cannot write {self.path}: {err}") from err
+
+    def add_topic(self, topic: str, msgtype: str, latched: bool = False) -> None:
+        """Declare a topic before writing to it (``msgtype`` as ``pkg/msg/Name``)."""
+        if topic not in self._connections:
+            msgdef, rihs01 = message_definition(self._store, msgtype)
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, msgdef=msgdef, rihs01=rihs01,
+                offered_qos_profiles=[_LATCHED] if latched else [])
+
+    def write(self, topic: str, log_time_ns: int, cdr: bytes) -> None:
+        """Store one serialized message of a declared topic."""
+        self._writer.write(self._connections[topic], int(log_time_ns), cdr)
+        self.messages += 1
+
+    def close(self) -> None:
+        """Finish the bag (metadata.yaml); without it the .mcap needs 'ros2 bag reindex'."""
+        self._writer.close()

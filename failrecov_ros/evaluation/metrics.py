@@ -148,3 +148,81 @@ def family_confusion(predicted: Sequence[Diagnosis],
     return counts
 
 
+
+
+# --- episode-level metrics (replayed bags, live runs) ---------------------------------------
+#: A failed diagnosis at or above this confidence counts; the executor's default takeover
+#: threshold (config/skill_executor.yaml ``confidence_threshold``), so scores match behaviour.
+CONFIDENT = 0.5
+NS = 1_000_000_000
+
+
+def is_alarm(diagnosis: Diagnosis, min_confidence: float = CONFIDENT) -> bool:
+    """A diagnosis the executor would act on: failed with enough confidence."""
+    return diagnosis.failed and diagnosis.confidence >= min_confidence
+
+
+def episode_verdict(diagnoses: Sequence[Diagnosis],
+                    min_confidence: float = CONFIDENT) -> Diagnosis:
+    """The one diagnosis an episode is scored by.
+
+    The first confident failure (what the executor would have acted on), else the last
+    diagnosis (the monitor's final word on an episode it never flagged); an episode the
+    monitor never analysed is ``unknown``, which every accuracy counts as wrong.
+    Diagnoses must be in publication order.
+    """
+    for diagnosis in diagnoses:
+        if is_alarm(diagnosis, min_confidence):
+            return diagnosis
+    return diagnoses[-1] if diagnoses else Diagnosis.unknown("no diagnosis in the episode")
+
+
+def detection_delay_s(diagnoses: Sequence[Diagnosis], onset_ns: int,
+                      min_confidence: float = CONFIDENT) -> float | None:
+    """Seconds from failure onset to the first confident failed diagnosis at or after it.
+
+    Measured on the analysed window's last frame stamp (``stamp_ns``), i.e. how much footage
+    after the onset the monitor needed; the model latency comes on top (reported apart, so
+    this figure is deterministic under replay). None when the failure was never detected;
+    alarms before the onset do not count as detections.
+    """
+    for diagnosis in diagnoses:
+        if is_alarm(diagnosis, min_confidence) and diagnosis.stamp_ns >= onset_ns:
+            return (diagnosis.stamp_ns - onset_ns) / NS
+    return None
+
+
+def false_alarms_per_minute(episodes: Sequence[tuple[Sequence[Diagnosis], float]],
+                            min_confidence: float = CONFIDENT) -> float:
+    """Confident failed diagnoses per minute over successful episodes.
+
+    ``episodes`` holds (diagnoses, duration in s) of episodes labelled successful; every
+    confident failure is one alarm (each would stop the robot).
+    """
+    minutes = sum(duration for _, duration in episodes) / 60.0
+    if minutes <= 0:
+        raise ValueError("no successful episode time to count false alarms over")
+    alarms = sum(is_alarm(d, min_confidence) for diagnoses, _ in episodes for d in diagnoses)
+    return alarms / minutes
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """q-th percentile with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / max / mean (s) and the count of model latencies."""
+    if not latencies_s:
+        raise ValueError("no latencies")
+    return {"count": len(latencies_s), "p50_s": percentile(latencies_s, 50),
+            "p95_s": percentile(latencies_s, 95), "max_s": max(latencies_s),
+            "mean_s": sum(latencies_s) / len(latencies_s)}

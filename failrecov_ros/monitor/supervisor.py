@@ -74,6 +74,7 @@ class MonitorStats:
 
     frames: int = 0
     rejected_frames: int = 0
+    buffer_resets: int = 0  # frames that went back in time or changed size: buffer restarted
     triggered: int = 0
     superseded: int = 0
     dropped_stale: int = 0
@@ -130,12 +131,15 @@ class Supervisor:
     def add_frame(self, stamp_ns: int, rgb: np.ndarray) -> bool:
         """Store a frame; True when it completed a trigger (a window is now pending).
 
-        Frames going back in time (a bag looped, the clock jumped) reset the buffer rather
-        than mix two timelines in one window.
+        Frames going back in time (a bag looped, the clock jumped) or of another size (the
+        camera was reconfigured, a second publisher on the topic) reset the buffer rather
+        than mix two timelines or two image shapes in one window; resets are counted.
         """
         with self._lock:
             self.stats.frames += 1
-            if self._frames and stamp_ns <= self._frames[-1].stamp_ns:
+            if self._frames and (stamp_ns <= self._frames[-1].stamp_ns
+                                 or rgb.shape != self._frames[-1].rgb.shape):
+                self.stats.buffer_resets += 1
                 self._frames.clear()
                 self._frames_since_trigger = 0
                 self._last_trigger_ns = None

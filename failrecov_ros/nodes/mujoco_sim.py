@@ -15,13 +15,16 @@ to one thread). All behaviour lives in ``failrecov_ros.sim``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import threading
 import time
 
 import numpy as np
 import rclpy
+import yaml
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from franka_msgs.action import ErrorRecovery, Grasp, Homing, Move
 from geometry_msgs.msg import PoseStamped
@@ -56,7 +59,8 @@ from failrecov_ros.sim.controllers import (
 from failrecov_ros.sim.scene import CameraSpec, stretch_scene
 from failrecov_ros.sim.scene import Simulation as _Simulation
 from failrecov_ros.sim.stretch_controller import BASE_X, BASE_Y, BASE_YAW, StretchController
-from failrecov_ros.sim.tasks import TASKS, make_task
+from failrecov_ros.sim.tasks import TARGET, TASKS, make_task
+from failrecov_ros.sim.variations import validate
 
 
 @dataclasses.dataclass
@@ -66,6 +70,40 @@ class _Pending:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     outcome: object = None
     superseded: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Faults:
+    """Failures injected for closed-loop trials (``faults.*``; all off by default).
+
+    ``grasp_force_scale`` < 1 weakens every grasp (weak_close as force); ``weak_grasps`` > 0
+    instead makes the first N grasps close short of the object (weak_close as scaled closure:
+    the gripper reports success, the object stays behind), ``close_failures`` grasps leave the
+    hand open (force_open), ``pose_offset`` misreports the target's pose on
+    ``objects/target_cube/pose`` (a perception error: the grasp misses, translation_x/y).
+    """
+
+    grasp_force_scale: float = 1.0
+    weak_grasps: int = 0
+    close_failures: int = 0
+    pose_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def any(self) -> bool:
+        return self != _Faults()
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                         if getattr(self, f.name) != f.default)
+
+
+def _variation(text: str) -> dict:
+    """The ``variation`` parameter: a YAML/JSON mapping of sim.variations factors, or ''."""
+    value = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"variation must be a mapping of variation factors, got {text!r}")
+    validate(value)
+    return value
 
 
 class MujocoSim(Node):
@@ -83,6 +121,7 @@ class MujocoSim(Node):
         if self.task_name not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task_name!r}")
         self.seed = int(p("seed", 0).value)
+        self.variation = _variation(p("variation", "").value)
         self.rtf = float(p("real_time_factor", 1.0).value)
         self.control_period = float(p("control_period", 0.01).value)
         self.joint_state_rate = float(p("joint_state_rate", 100.0).value)
@@ -102,7 +141,11 @@ class MujocoSim(Node):
             stopped_velocity_tolerance=float(p("constraints.stopped_velocity_tolerance",
                                                0.01).value),
             goal_time_tolerance=float(p("constraints.goal_time", 0.5).value))
-        self.grasp_force_scale = float(p("faults.grasp_force_scale", 1.0).value)
+        p("faults.grasp_force_scale", 1.0)
+        p("faults.weak_grasps", 0)
+        p("faults.close_failures", 0)
+        p("faults.pose_offset", [0.0, 0.0, 0.0])
+        self.faults = self._read_faults()
         if not (self.rtf >= 0 and math.isfinite(self.rtf)):
             raise ValueError(f"real_time_factor must be >= 0 (0 = as fast as possible), "
                              f"got {self.rtf}")
@@ -113,6 +156,8 @@ class MujocoSim(Node):
         self._stop = threading.Event()
         self.steps_done = 0
         self.frames_published = 0
+        self._epoch = 0.0  # s of simulated time before the last reset: time never runs back
+        self._scene_version = 0  # bumped when ~/reset loads another task: the camera re-creates
         group = ReentrantCallbackGroup()
         if self.robot == "stretch":
             self._init_stretch(group)
@@ -129,14 +174,15 @@ class MujocoSim(Node):
         self.depth_info_pub = self.create_publisher(
             CameraInfo, f"{prefix}/aligned_depth_to_color/camera_info", qos)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        self.create_service(Trigger, "~/task_success", self._on_task_success,
+                            callback_group=group)
         object_rate = float(p("object_poses.rate", 10.0).value)
         if not (object_rate >= 0 and math.isfinite(object_rate)):
             raise ValueError(f"object_poses.rate must be >= 0, got {object_rate}")
         self.base_frame = stretch.BASE_FRAME if self.robot == "stretch" else fr3.BASE_FRAME
-        self.object_pubs = {
-            o.name: self.create_publisher(PoseStamped, f"objects/{o.name}/pose",
-                                          sensor_qos(depth=1))
-            for o in self.sim.config.objects} if object_rate > 0 else {}
+        self.object_pubs = {}
+        if object_rate > 0:
+            self._advertise_objects()
         if object_rate > 0:
             self.create_timer(1.0 / object_rate, self._publish_object_poses, callback_group=group)
         self._threads = [threading.Thread(target=self._physics_loop, daemon=True,
@@ -156,16 +202,53 @@ class MujocoSim(Node):
         base = scene.cameras[0] if self.robot == "stretch" else CameraSpec()
         return dataclasses.replace(base, width=self.camera_width, height=self.camera_height)
 
-    def _init_fr3(self, group, controller: str, gripper: str,
-                  defaults: TrajectoryDefaults) -> None:
-        task = make_task(self.task_name, self.seed)
+    def _read_faults(self) -> _Faults:
+        """The ``faults.*`` parameters, checked (read at start and by every ``~/reset``)."""
+        value = lambda name: self.get_parameter(f"faults.{name}").value  # noqa: E731
+        faults = _Faults(float(value("grasp_force_scale")), int(value("weak_grasps")),
+                         int(value("close_failures")),
+                         tuple(float(v) for v in value("pose_offset")))
+        if not (0.0 <= faults.grasp_force_scale <= 1.0):
+            raise ValueError(f"faults.grasp_force_scale must be in [0, 1], got "
+                             f"{faults.grasp_force_scale}")
+        if faults.weak_grasps < 0:
+            raise ValueError(f"faults.weak_grasps must be >= 0, got {faults.weak_grasps}")
+        if faults.close_failures < 0:
+            raise ValueError(f"faults.close_failures must be >= 0, got {faults.close_failures}")
+        if len(faults.pose_offset) != 3 or not all(map(math.isfinite, faults.pose_offset)) \
+                or max(map(abs, faults.pose_offset)) > 0.2:
+            raise ValueError(f"faults.pose_offset must be 3 finite values within 0.2 m, got "
+                             f"{list(faults.pose_offset)}")
+        return faults
+
+    def _load_fr3_scene(self, defaults: TrajectoryDefaults) -> None:
+        """Build the task's scene and the controllers that drive it (lock held after start)."""
+        task = make_task(self.task_name, self.seed, self.variation)
+        self.task = task
         scene = dataclasses.replace(task.scene, cameras=(self._camera_spec(task.scene),))
         self.sim = _Simulation(scene)
         self.instruction = task.instruction
         self.arm = TrajectoryController(self.sim, fr3.ARM_LIMITS, defaults)
         self.gripper = GripperController(self.sim, fr3.MAX_GRIPPER_WIDTH, fr3.MAX_GRIPPER_SPEED,
                                          fr3.MAX_GRASP_FORCE)
-        self.gripper.force_scale = self.grasp_force_scale
+        self._apply_faults()
+
+    def _apply_faults(self) -> None:
+        self.gripper.force_scale = self.faults.grasp_force_scale
+        self.gripper.close_failures = self.faults.close_failures
+        self.gripper.weak_grasps = self.faults.weak_grasps or None
+
+    def _advertise_objects(self) -> None:
+        """A pose publisher per scene object (new objects appear when another task loads)."""
+        for o in self.sim.config.objects:
+            if o.name not in self.object_pubs:
+                self.object_pubs[o.name] = self.create_publisher(
+                    PoseStamped, f"objects/{o.name}/pose", sensor_qos(depth=1))
+
+    def _init_fr3(self, group, controller: str, gripper: str,
+                  defaults: TrajectoryDefaults) -> None:
+        self._defaults = defaults
+        self._load_fr3_scene(defaults)
         self._arm_goal: _Pending | None = None
         self._gripper_goal: _Pending | None = None
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
@@ -216,11 +299,25 @@ class MujocoSim(Node):
     def stamp(self, sim_time: float):
         """Header stamp: simulated time under use_sim_time, the node's clock otherwise."""
         if self.get_parameter("use_sim_time").value:
-            return ns_to_time(int(round(sim_time * 1e9)))
+            return ns_to_time(int(round((self._epoch + sim_time) * 1e9)))
         return self.get_clock().now().to_msg()
 
     # --- physics thread --------------------------------------------------------------------------
     def _physics_loop(self) -> None:
+        with self._quiet_at_shutdown():
+            self._run_physics()
+
+    @contextlib.contextmanager
+    def _quiet_at_shutdown(self):
+        """A publish from a worker thread fails once SIGINT has shut the context down: stop."""
+        try:
+            yield
+        except Exception:
+            if self._stop.is_set() or not self.context.ok():
+                return
+            raise
+
+    def _run_physics(self) -> None:
         steps = max(1, round(self.control_period / self.sim.timestep))
         publish_every = max(1, round(1.0 / (self.joint_state_rate * self.control_period)))
         start_wall, start_sim, tick = time.monotonic(), self.sim.time, 0
@@ -230,11 +327,12 @@ class MujocoSim(Node):
                     self._control_step()
                     self.sim.step()
                 self.steps_done += steps
-                sim_time = self.sim.time
+                sim_time, epoch = self.sim.time, self._epoch
                 if tick % publish_every == 0:
                     self._publish_joint_states(sim_time)
             if self.clock_pub is not None:
-                self.clock_pub.publish(Clock(clock=ns_to_time(int(round(sim_time * 1e9)))))
+                self.clock_pub.publish(Clock(clock=ns_to_time(
+                    int(round((epoch + sim_time) * 1e9)))))
             tick += 1
             if self.rtf > 0:
                 ahead = (sim_time - start_sim) / self.rtf - (time.monotonic() - start_wall)
@@ -276,7 +374,12 @@ class MujocoSim(Node):
         """Ground-truth object poses in the robot base frame (the Stretch's base may move)."""
         with self.lock:
             sim_time = self.sim.time
-            poses = {name: self.sim.object_pose(name) for name in self.object_pubs}
+            names = [o.name for o in self.sim.config.objects if o.name in self.object_pubs]
+            poses = {name: self.sim.object_pose(name) for name in names}
+            offset = np.asarray(self.faults.pose_offset) if self.robot == "fr3" else np.zeros(3)
+            if TARGET in poses:  # a perception fault: the target is reported off where it is
+                position, quat = poses[TARGET]
+                poses[TARGET] = (position + offset, quat)
             if self.robot == "stretch":
                 x, y, yaw = self.stretch.positions((BASE_X, BASE_Y, BASE_YAW))
             else:
@@ -297,17 +400,30 @@ class MujocoSim(Node):
 
     # --- camera thread ---------------------------------------------------------------------------
     def _camera_loop(self) -> None:
-        try:
-            camera = RgbdCamera(self.sim.model, "camera", self.camera_width, self.camera_height)
-        except Exception as error:  # noqa: BLE001 - report any GL failure, keep the arm running
-            self.get_logger().error(f"camera disabled: cannot create the renderer: {error}")
-            return
+        with self._quiet_at_shutdown():
+            self._run_camera()
+
+    def _run_camera(self) -> None:
         period = 1.0 / self.camera_fps
-        next_sim = self.sim.time
-        with camera:
+        camera, version, next_sim = None, -1, 0.0
+        try:
             while not self._stop.is_set():
                 with self.lock:
+                    if version != self._scene_version:  # another task's scene: new renderer
+                        if camera is not None:
+                            camera.close()
+                        camera = None
+                        try:
+                            camera = RgbdCamera(self.sim.model, "camera", self.camera_width,
+                                                self.camera_height)
+                        except Exception as error:  # noqa: BLE001 - any GL failure: no camera
+                            self.get_logger().error(
+                                f"camera disabled: cannot create the renderer: {error}")
+                            return
+                        version, next_sim = self._scene_version, self.sim.time
                     sim_time = self.sim.time
+                    if next_sim - sim_time > period:  # the scene was reset: time restarted
+                        next_sim = sim_time
                     due = sim_time >= next_sim
                     if due:
                         camera.capture(self.sim.data)
@@ -327,6 +443,9 @@ class MujocoSim(Node):
                                                        depth_to_z16(depth)))
                 self.depth_info_pub.publish(info)
                 self.frames_published += 1
+        finally:
+            if camera is not None:
+                camera.close()
 
     # --- arm -------------------------------------------------------------------------------------
     def _execute_trajectory(self, goal_handle):
@@ -543,11 +662,26 @@ class MujocoSim(Node):
         return response
 
     def _on_reset(self, _request, response):
+        """Put the scene back; FR3: first re-read task, seed, variation and faults.
+
+        ``ros2 param set`` those, then call ``~/reset``: a changed task, seed or variation
+        loads its scene (and the camera's renderer), so one simulator serves a whole suite.
+        """
         if self.robot == "stretch":
             with self.lock:
                 self._finish_stretch(self.stretch.stop("simulation reset"))
                 self.sim.reset()
             response.success, response.message = True, "reset the stretch scene"
+            return response
+        try:
+            task = self.get_parameter("task").value
+            if task not in TASKS:
+                raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+            seed = int(self.get_parameter("seed").value)
+            variation = _variation(self.get_parameter("variation").value)
+            faults = self._read_faults()
+        except (ValueError, TypeError) as error:
+            response.success, response.message = False, f"not reset: {error}"
             return response
         with self.lock:
             for pending in (self._arm_goal, self._gripper_goal):
@@ -555,10 +689,34 @@ class MujocoSim(Node):
                     pending.superseded = True
                     pending.done.set()
             self._arm_goal = self._gripper_goal = None
-            self.arm.hold()
-            self.gripper.stop()
-            self.sim.reset()
-        response.success, response.message = True, f"reset {self.task_name} seed {self.seed}"
+            self.faults = faults
+            self._epoch += self.sim.time + self.control_period
+            if (task, seed, variation) != (self.task_name, self.seed, self.variation):
+                self.task_name, self.seed, self.variation = task, seed, variation
+                self._load_fr3_scene(self._defaults)
+                self._scene_version += 1
+                if self.object_pubs:
+                    self._advertise_objects()
+            else:
+                self.arm.hold()
+                self.gripper.stop()
+                self.sim.reset()
+                self._apply_faults()
+        response.success = True
+        response.message = (f"reset {self.task_name} seed {self.seed} ('{self.instruction}')"
+                            f"{' with faults ' + faults.describe() if faults.any else ''}")
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_task_success(self, _request, response):
+        """The task's success predicate now (ground truth for trials), details as JSON."""
+        if self.robot == "stretch":
+            response.success, response.message = False, "no success predicate for the stretch"
+            return response
+        with self.lock:
+            details = self.task.success_details(self.sim)
+        response.success = bool(details["success"])
+        response.message = json.dumps(details)
         return response
 
     def shutdown(self) -> None:

@@ -352,6 +352,7 @@ class RecoveryMonitor(LifecycleNode):
                 ("frame_rate_hz", f"{frame_rate:.2f}"),
                 ("analysis_rate_hz", f"{analysis_rate:.2f}"),
                 ("frames", s.frames), ("rejected_frames", s.rejected_frames),
+                ("buffer_resets", s.buffer_resets),
                 ("windows_triggered", s.triggered), ("windows_superseded", s.superseded),
                 ("windows_dropped_stale", s.dropped_stale), ("windows_analysed", s.analysed),
                 ("outputs_rejected", s.unknown), ("failures_reported", s.failures_reported),

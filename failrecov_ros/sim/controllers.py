@@ -135,6 +135,7 @@ class GripperController:
     """
 
     STALL_SPEED = 0.002  # m/s
+    WEAK_GAP = 0.004  # m a weak (scaled) closure stays open beyond the expected object width
     REACHED = 0.002  # m
 
     def __init__(self, sim: Simulation, max_width: float, max_speed: float, max_force: float,
@@ -143,6 +144,8 @@ class GripperController:
         self.max_width, self.max_speed, self.max_force = max_width, max_speed, max_force
         self.move_force, self.stall_s = move_force, stall_s
         self.force_scale = 1.0  # fault hook: weakens every grasp (1 = healthy)
+        self.close_failures = 0  # fault hook: this many grasps leave the hand open (force_open)
+        self.weak_grasps: int | None = None  # grasps force_scale weakens (None: every one)
         self._command: dict | None = None
         self._setpoint = sim.gripper_width()
 
@@ -177,11 +180,27 @@ class GripperController:
         error = self._check(width, speed, force)
         if not error and not (epsilon_inner >= 0 and epsilon_outer >= 0):  # NaN fails too
             error = f"epsilon must be >= 0 (inf: any width), got {epsilon_inner}, {epsilon_outer}"
-        if not error:
+        if not error and self.close_failures > 0:
+            # force_open: the fingers do not move; the grasp ends as an empty, open hand.
+            self.close_failures -= 1
+            width_now = self.sim.gripper_width()
+            self._start("grasp", width_now, width, speed, force,
+                        (width - epsilon_inner, width + epsilon_outer))
+        elif not error:
             # Close fully: the force limit, not a position, holds the object (as the real hand
             # does), and an empty hand closes to ~0 and fails the width window.
-            self._start("grasp", 0.0, width, speed,
-                        force * self.force_scale, (width - epsilon_inner, width + epsilon_outer))
+            target, scale = 0.0, self.force_scale
+            if self.weak_grasps is not None:
+                if self.weak_grasps > 0:
+                    # Dream2Fix weak_close as scaled closure: the fingers stop short of the
+                    # object they expect, inside the width window, so the grasp "succeeds"
+                    # and the object stays behind on the lift (only a camera can tell).
+                    target = width + self.WEAK_GAP
+                else:
+                    scale = 1.0
+                self.weak_grasps = max(0, self.weak_grasps - 1)
+            self._start("grasp", target, width, speed,
+                        force * scale, (width - epsilon_inner, width + epsilon_outer))
         return error
 
     def homing(self) -> str:

@@ -93,8 +93,14 @@ class RetryBudget:
 
 
 def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: bool,
-           threshold: float, budget: RetryBudget) -> Assessment:
-    """Decide what a diagnosis means for the running episode (pure; the reason says why)."""
+           threshold: float, budget: RetryBudget, planned_motion: bool = False) -> Assessment:
+    """Decide what a diagnosis means for the running episode (pure; the reason says why).
+
+    ``planned_motion``: the executor is driving (or holding) a motion it planned itself, not an
+    external policy. A stall (FailSafe: the policy stops acting) is then contradicted by the
+    executor's own bookkeeping: its motions either progress or time out, which it reports
+    itself; pauses between skills are deliberate and look like stalls to a model.
+    """
     d = diagnosis
     what = f"{d.failure_type.value} at {d.stage or '?'} (confidence {d.confidence:.2f})"
     if d.is_unknown:
@@ -115,6 +121,9 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
                                          f"{threshold:.2f}")
     if not enabled:
         return Assessment(Action.IGNORE, f"ignored {what}: recovery is disabled for this goal")
+    if planned_motion and d.failure_type is FailureType.STALL:
+        return Assessment(Action.IGNORE, f"ignored {what}: the executor's own planned motion is "
+                                         "not stalled (it would time out and say so)")
     if d.correction.kind is CorrectionKind.NEEDS_HELP:
         return Assessment(Action.NEEDS_HELP, f"{what}: the monitor asks for help: {d.summary}")
     if budget.remaining <= 0:

@@ -26,7 +26,7 @@ import numpy as np
 
 from failrecov_ros.core.safety import SafetyGate, SafetyReport
 from failrecov_ros.core.schema import Correction, CorrectionKind, Diagnosis, GripperCommand
-from failrecov_ros.core.taxonomy import FailureType
+from failrecov_ros.core.taxonomy import FailureType, Family, family
 from failrecov_ros.robots.kinematics import Kinematics, UnreachableError
 from failrecov_ros.skills.correction import (
     CorrectionPlan,
@@ -301,6 +301,7 @@ class TaskRunner:
         self._trajectories: OrderedDict[int, tuple] = OrderedDict()
         self._lock = threading.Lock()
         self.running = False
+        self._in_policy_step = False  # an external policy acts: its stalls are real
         self._status = Status(State.IDLE)
 
     # --- inputs from other threads ---------------------------------------------------------------
@@ -487,7 +488,11 @@ class TaskRunner:
             return self._joint_move(step)
         if step.kind == GRIPPER:
             return self._gripper_step(step)
-        return self._policy_step(step)
+        self._in_policy_step = True
+        try:
+            return self._policy_step(step)
+        finally:
+            self._in_policy_step = False
 
     def _q(self) -> np.ndarray:
         q = self.backend.joint_positions()
@@ -719,7 +724,7 @@ class TaskRunner:
                              since_ns=self._stale_before(),
                              enabled=self.request.recovery_enabled,
                              threshold=self.config.recovery.confidence_threshold,
-                             budget=self.budget)
+                             budget=self.budget, planned_motion=not self._in_policy_step)
             if verdict.action is Action.IGNORE:
                 self._status_update(message=verdict.reason)
                 continue
@@ -803,7 +808,13 @@ class TaskRunner:
         if resume.refresh:
             self._observe([s for s in steps if s.skill_index == target.skill_index])
         elif target.kind == MOVE and target.anchor != "tcp" or target.kind == GRIPPER:
-            self.world.add_offset(target.object_key, plan.translation, plan.rotation)
+            # The object is where the correction says along the diagnosed error only: a
+            # translation error moves it, a rotation error turns it, nothing else persists.
+            kind = family(diagnosis.failure_type)
+            self.world.add_offset(
+                target.object_key,
+                plan.translation if kind is Family.TRANSLATION else np.zeros(3),
+                plan.rotation if kind is Family.ROTATION else np.eye(3))
         self.skill_index = target.skill_index
         self.since_ns = self.hard_since_ns = self.now_ns()
         self._pending_success = index

@@ -56,6 +56,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     max_shift_px: int = 4
+    #: A checkpoint folder to start from (fine-tuning): its architecture, vocabularies and state
+    #: normalisation are kept; "" trains from scratch.
+    init: str = ""
 
 
 @dataclasses.dataclass
@@ -234,15 +237,20 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng(settings.seed)
     train_idx, val_idx = split_by_episode(samples, settings.validation_fraction, settings.seed)
-    stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
-    flat_state = samples.state[train_idx].reshape(-1, samples.state.shape[-1])
-    config = CompactConfig(
-        window_frames=samples.frames.shape[1], image_size=samples.frames.shape[2],
-        n_joints=samples.state.shape[-1] - 1, stages=stages or ("unknown",),
-        tasks=tuple(sorted(set(samples.tasks))),
-        state_mean=tuple(float(v) for v in flat_state.mean(0)),
-        state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)), trained_on=trained_on)
-    net = CompactNet(config)
+    if settings.init:
+        net = _initial(settings.init, samples, trained_on)
+        config = net.config
+    else:
+        stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
+        flat_state = samples.state[train_idx].reshape(-1, samples.state.shape[-1])
+        config = CompactConfig(
+            window_frames=samples.frames.shape[1], image_size=samples.frames.shape[2],
+            n_joints=samples.state.shape[-1] - 1, stages=stages or ("unknown",),
+            tasks=tuple(sorted(set(samples.tasks))),
+            state_mean=tuple(float(v) for v in flat_state.mean(0)),
+            state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)),
+            trained_on=trained_on)
+        net = CompactNet(config)
     targets = _targets(config, samples.labels)
     optimiser = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
@@ -281,6 +289,24 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
                                      [samples.labels[i] for i in val_idx])
     Path(out_dir, "training.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _initial(path: str, samples: Samples, trained_on: str) -> CompactNet:
+    """The checkpoint at ``path`` to fine-tune; its shapes must fit the samples.
+
+    Its stages and tasks stay the vocabularies (labels with other stages train no stage head),
+    and its state normalisation stays, so the weights see the inputs they were trained on.
+    """
+    net = compact.CompactModel.load(path).net
+    c = net.config
+    shape = (samples.frames.shape[1], samples.frames.shape[2], samples.state.shape[-1] - 1)
+    if (c.window_frames, c.image_size, c.n_joints) != shape:
+        raise ValueError(f"{path}: window_frames, image_size, n_joints "
+                         f"{(c.window_frames, c.image_size, c.n_joints)} do not fit the "
+                         f"samples' {shape}")
+    net.config = dataclasses.replace(c, trained_on=f"{trained_on}; fine-tuned from {path} "
+                                                   f"({c.trained_on})")
+    return net
 
 
 def predict(net: CompactNet, samples: Samples, batch_size: int = 64) -> list[Diagnosis]:
