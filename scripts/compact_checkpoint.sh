@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
-# held-out evaluation the README reports. Expects scripts/env.sh to be sourced. About an hour on
-# 2 cores: 2000 training samples, 500 held-out samples from unseen seeds, ~15 min of training.
+# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two hours
+# on 2 cores:
+#   1. expert data (the data engine, 2000 + 500 held-out samples) and 30 epochs from scratch;
+#   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
+#      faults injected, windows as the monitor takes them; 500 + 60 held-out episodes) and 12
+#      epochs of fine-tuning on both, so the model knows what the runtime's own episodes look
+#      like (the expert-only model reads the executor's pauses as stalls and its missed grasps
+#      as nothing wrong).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
-# The held-out split: episode seeds never trained on (dataset seed 1), and one variation never
-# trained on (target_color=purple is excluded from training and scored alone).
+# Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
+# never trained on (target_color=purple is excluded from training and scored alone).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${1:-$HOME/failrecov-compact}
 mkdir -p "$WORK"
 failrecov datagen --out "$WORK/train" --samples 2000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 500 --workers 2 --seed 1
-failrecov train --data "$WORK/train" --out "$WORK/model" --exclude target_color=purple \
+failrecov train --data "$WORK/train" --out "$WORK/expert_model" --exclude target_color=purple \
   --epochs 30 --seed 0
+failrecov collect --out "$WORK/closed_loop" --episodes 500 --seed 100
+failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
+# Both datasets in one folder (the trainer reads every data/*.parquet there).
+mkdir -p "$WORK/mixed/data"
+for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
+for f in "$WORK"/closed_loop/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/cl_$(basename "$f")"; done
+failrecov train --data "$WORK/mixed" --out "$WORK/model" --init "$WORK/expert_model" \
+  --learning-rate 5e-4 --epochs 12 --exclude target_color=purple --seed 0
 failrecov eval dataset --model "$WORK/model" --data "$WORK/heldout" \
   --breakdown target_color=purple > "$WORK/model/heldout.json"
+failrecov eval dataset --model "$WORK/model" --data "$WORK/closed_loop_heldout" \
+  > "$WORK/model/heldout_closed_loop.json"
 rm -rf "$ROOT/checkpoints/compact"
 mkdir -p "$ROOT/checkpoints/compact"
 cp "$WORK/model/config.json" "$WORK/model/model.safetensors" "$WORK/model/training.json" \
-  "$WORK/model/heldout.json" "$ROOT/checkpoints/compact/"
-cat "$WORK/model/heldout.json"
+  "$WORK/model/heldout.json" "$WORK/model/heldout_closed_loop.json" "$ROOT/checkpoints/compact/"
+cat "$WORK/model/heldout.json" "$WORK/model/heldout_closed_loop.json"

@@ -59,6 +59,23 @@ def test_random_networks_only_emit_schema_valid_outputs(seed):
         assert diagnosis.model_name == "compact" and diagnosis.latency_s > 0
 
 
+def test_a_translation_verdict_always_moves_along_its_axis():
+    config = CompactConfig()
+    n_kf = config.window_frames + 1
+    outputs = {"failure": torch.zeros(1, len(compact.TYPES)), "stage": torch.zeros(1, len(
+        config.stages)), "delta": torch.zeros(1, 7), "gripper": torch.zeros(1, 3),
+        "keyframe": torch.zeros(1, n_kf)}
+    outputs["failure"][0, compact.TYPES.index("translation_x")] = 5.0
+    for a in "xyz":
+        outputs[f"dir_{a}"] = torch.tensor([[0.0, 0.0, 1.0]])  # +1 preferred
+        bins = torch.zeros(1, compact.MAX_BINS + 1)
+        bins[0, 0], bins[0, 3] = 4.0, 2.0  # "no move" first, then 3 bins
+        outputs[f"bins_{a}"] = bins
+    directive = compact.decode_outputs(config, outputs)["correction"]["directive"]
+    assert (directive["dir_x"], directive["bins_x"]) == (1, 3)  # forced onto the axis
+    assert (directive["dir_y"], directive["bins_y"]) == (0, 0)  # other axes as predicted
+
+
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     model = CompactModel(CompactNet(CONFIG))

@@ -371,6 +371,17 @@ def test_a_stall_is_ignored_while_the_executor_drives_its_own_plan():
     assert policy.action is Action.TAKEOVER
 
 
+def test_a_force_open_is_ignored_once_the_fingers_have_closed():
+    force_open = _diagnosis(failure_type=FailureType.FORCE_OPEN)
+    common = dict(episode_id="ep", since_ns=50, enabled=True, threshold=0.5)
+    closed = assess(force_open, **common, budget=RetryBudget(1), finger_gap=0.04)
+    assert closed.action is Action.IGNORE and "did close" in closed.reason
+    still_open = assess(force_open, **common, budget=RetryBudget(1), finger_gap=0.002)
+    assert still_open.action is Action.TAKEOVER
+    unknown = assess(force_open, **common, budget=RetryBudget(1), finger_gap=None)
+    assert unknown.action is Action.TAKEOVER
+
+
 @pytest.mark.parametrize("fields, kwargs, action, reason", [
     ({}, {}, Action.TAKEOVER, "taking over for translation_x at pre_grasp"),
     ({"episode_id": "other"}, {}, Action.IGNORE, "episode 'other'"),

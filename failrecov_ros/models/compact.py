@@ -31,7 +31,7 @@ from failrecov_ros.core.schema import (
     CorrectionKind,
     GripperCommand,
 )
-from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType
+from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, axis
 from failrecov_ros.models.base import ModelLoadError, Window
 
 #: Classes of the type head: success first, then every failure type a model may name.
@@ -40,6 +40,9 @@ TYPES = (FailureType.NONE.value,) + tuple(
 GRIPPER_COMMANDS = tuple(g.value for g in GripperCommand)
 #: The delta is learned in units where each component's usual magnitude is about 1.
 DELTA_SCALE = (0.05, 0.05, 0.05, 0.5, 0.5, 0.5, 0.08)
+_TRANSLATION_TYPES = frozenset({FailureType.TRANSLATION_X.value,
+                                FailureType.TRANSLATION_Y.value,
+                                FailureType.TRANSLATION_Z.value})
 _DIRECTIVE_TYPES = frozenset({FailureType.TRANSLATION_X.value,
                               FailureType.TRANSLATION_Y.value}) | {
     t.value for t in GRIPPER_TYPES}
@@ -231,7 +234,8 @@ def decode_outputs(config: CompactConfig, outputs: dict[str, torch.Tensor],
     """One sample's head outputs as a model-output dict (the schema's shape).
 
     Directive fields are made consistent by construction (no bins -> no direction; a
-    gripper command always has a keyframe), so a trained model cannot emit an invalid one.
+    gripper command always has a keyframe; a translation along an axis moves along it, at
+    least one bin), so a trained model cannot emit an invalid or self-contradicting one.
     """
     probs = F.softmax(outputs["failure"][index], dim=0)
     ftype = TYPES[int(probs.argmax())]
@@ -244,8 +248,12 @@ def decode_outputs(config: CompactConfig, outputs: dict[str, torch.Tensor],
     bounds = np.array([MAX_TRANSLATION_M] * 3 + [MAX_ROTATION_RAD] * 3 + [1.0])
     delta = np.clip(delta, -bounds, bounds)
     directive: dict[str, Any] = {}
+    moving = axis(ftype) if ftype in _TRANSLATION_TYPES else ""
     for a in "xyz":
-        bins = int(outputs[f"bins_{a}"][index].argmax())
+        bin_logits = outputs[f"bins_{a}"][index]
+        bins = int(bin_logits.argmax())
+        if a == moving and bins == 0:  # "translation_x, move 0 bins" would be a no-op fix
+            bins = int(bin_logits[1:].argmax()) + 1
         direction = 0
         if bins:
             logits = outputs[f"dir_{a}"][index]  # classes: -1, 0, +1

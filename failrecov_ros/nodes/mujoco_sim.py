@@ -53,6 +53,7 @@ from failrecov_ros.sim.camera import RgbdCamera
 from failrecov_ros.sim.controllers import (
     GripperController,
     GripperResult,
+    InjectedFaults,
     TrajectoryController,
     TrajectoryDefaults,
 )
@@ -70,31 +71,6 @@ class _Pending:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     outcome: object = None
     superseded: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class _Faults:
-    """Failures injected for closed-loop trials (``faults.*``; all off by default).
-
-    ``grasp_force_scale`` < 1 weakens every grasp (weak_close as force); ``weak_grasps`` > 0
-    instead makes the first N grasps close short of the object (weak_close as scaled closure:
-    the gripper reports success, the object stays behind), ``close_failures`` grasps leave the
-    hand open (force_open), ``pose_offset`` misreports the target's pose on
-    ``objects/target_cube/pose`` (a perception error: the grasp misses, translation_x/y).
-    """
-
-    grasp_force_scale: float = 1.0
-    weak_grasps: int = 0
-    close_failures: int = 0
-    pose_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    @property
-    def any(self) -> bool:
-        return self != _Faults()
-
-    def describe(self) -> str:
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                         if getattr(self, f.name) != f.default)
 
 
 def _variation(text: str) -> dict:
@@ -199,27 +175,19 @@ class MujocoSim(Node):
             f"on {prefix}/")
 
     def _camera_spec(self, scene) -> CameraSpec:
-        base = scene.cameras[0] if self.robot == "stretch" else CameraSpec()
+        # The task's camera (a camera_jitter variation moves it), at the node's resolution.
+        base = scene.cameras[0] if scene.cameras else CameraSpec()
         return dataclasses.replace(base, width=self.camera_width, height=self.camera_height)
 
-    def _read_faults(self) -> _Faults:
+    def _read_faults(self) -> InjectedFaults:
         """The ``faults.*`` parameters, checked (read at start and by every ``~/reset``)."""
         value = lambda name: self.get_parameter(f"faults.{name}").value  # noqa: E731
-        faults = _Faults(float(value("grasp_force_scale")), int(value("weak_grasps")),
-                         int(value("close_failures")),
-                         tuple(float(v) for v in value("pose_offset")))
-        if not (0.0 <= faults.grasp_force_scale <= 1.0):
-            raise ValueError(f"faults.grasp_force_scale must be in [0, 1], got "
-                             f"{faults.grasp_force_scale}")
-        if faults.weak_grasps < 0:
-            raise ValueError(f"faults.weak_grasps must be >= 0, got {faults.weak_grasps}")
-        if faults.close_failures < 0:
-            raise ValueError(f"faults.close_failures must be >= 0, got {faults.close_failures}")
-        if len(faults.pose_offset) != 3 or not all(map(math.isfinite, faults.pose_offset)) \
-                or max(map(abs, faults.pose_offset)) > 0.2:
-            raise ValueError(f"faults.pose_offset must be 3 finite values within 0.2 m, got "
-                             f"{list(faults.pose_offset)}")
-        return faults
+        try:
+            return InjectedFaults(float(value("grasp_force_scale")), int(value("weak_grasps")),
+                                  int(value("close_failures")),
+                                  tuple(float(v) for v in value("pose_offset")))
+        except ValueError as error:
+            raise ValueError(f"faults.{error}") from None
 
     def _load_fr3_scene(self, defaults: TrajectoryDefaults) -> None:
         """Build the task's scene and the controllers that drive it (lock held after start)."""
@@ -234,9 +202,7 @@ class MujocoSim(Node):
         self._apply_faults()
 
     def _apply_faults(self) -> None:
-        self.gripper.force_scale = self.faults.grasp_force_scale
-        self.gripper.close_failures = self.faults.close_failures
-        self.gripper.weak_grasps = self.faults.weak_grasps or None
+        self.faults.apply_to(self.gripper)
 
     def _advertise_objects(self) -> None:
         """A pose publisher per scene object (new objects appear when another task loads)."""

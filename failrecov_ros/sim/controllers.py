@@ -127,6 +127,52 @@ class GripperResult:
     error: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class InjectedFaults:
+    """Failures injected into the simulated robot for closed-loop trials (all off by default).
+
+    The simulator node's ``faults.*`` parameters and the lockstep loop share this one meaning:
+    ``grasp_force_scale`` < 1 weakens every grasp (weak_close as force); ``weak_grasps`` > 0
+    makes the first N grasps close short of the object instead (weak_close as scaled closure:
+    the gripper reports success, the object stays behind); ``close_failures`` grasps leave the
+    hand open (force_open); ``pose_offset`` (m, base frame) is added to the target's reported
+    pose (a perception error: the grasp or push misses, translation_x/y).
+    """
+
+    grasp_force_scale: float = 1.0
+    weak_grasps: int = 0
+    close_failures: int = 0
+    pose_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pose_offset", tuple(float(v) for v in self.pose_offset))
+        if not 0.0 <= self.grasp_force_scale <= 1.0:
+            raise ValueError(f"grasp_force_scale must be in [0, 1], got {self.grasp_force_scale}")
+        if self.weak_grasps < 0 or self.close_failures < 0:
+            raise ValueError(f"weak_grasps and close_failures must be >= 0, got "
+                             f"{self.weak_grasps}, {self.close_failures}")
+        if len(self.pose_offset) != 3 or not all(map(math.isfinite, self.pose_offset)) \
+                or max(map(abs, self.pose_offset)) > 0.2:
+            raise ValueError(f"pose_offset must be 3 finite values within 0.2 m, got "
+                             f"{list(self.pose_offset)}")
+
+    @property
+    def any(self) -> bool:
+        """True when some fault is injected."""
+        return self != InjectedFaults()
+
+    def describe(self) -> str:
+        """The injected faults as ``name=value, ...``."""
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                         if getattr(self, f.name) != f.default)
+
+    def apply_to(self, gripper: GripperController) -> None:
+        """Arm the gripper's fault hooks (counters restart)."""
+        gripper.force_scale = self.grasp_force_scale
+        gripper.close_failures = self.close_failures
+        gripper.weak_grasps = self.weak_grasps or None
+
+
 class GripperController:
     """Franka Hand behaviour: move to a width at a speed, grasp with force and epsilon, home.
 

@@ -44,6 +44,7 @@ from failrecov_ros.sim.controllers import (  # noqa: E402
     TrajectoryController,
     TrajectoryDefaults,
 )
+from failrecov_ros.sim.controllers import InjectedFaults as Faults  # noqa: E402
 from failrecov_ros.sim.scene import SimState, Simulation  # noqa: E402
 from failrecov_ros.sim.tasks import TARGET, Task, make_task  # noqa: E402
 from failrecov_ros.skills.library import Pose, TaskSpec, load_task_library  # noqa: E402
@@ -67,36 +68,7 @@ from failrecov_ros.skills.settings import (  # noqa: E402
 from failrecov_ros.skills.steps import GRASP, OPEN  # noqa: E402
 
 NS = 1_000_000_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Faults:
-    """The simulator node's ``faults.*``, with the same meaning and limits.
-
-    ``grasp_force_scale`` < 1 weakens every grasp (weak_close), ``close_failures`` grasps leave
-    the hand open (force_open), ``pose_offset`` (m, base frame) is added to the target cube's
-    reported pose (a perception error: the grasp or push misses, translation_x/y).
-    """
-
-    grasp_force_scale: float = 1.0
-    close_failures: int = 0
-    pose_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pose_offset", tuple(float(v) for v in self.pose_offset))
-        if not 0.0 <= self.grasp_force_scale <= 1.0:
-            raise ValueError(f"grasp_force_scale must be in [0, 1], got {self.grasp_force_scale}")
-        if self.close_failures < 0:
-            raise ValueError(f"close_failures must be >= 0, got {self.close_failures}")
-        if len(self.pose_offset) != 3 or not all(map(math.isfinite, self.pose_offset)) \
-                or max(map(abs, self.pose_offset)) > 0.2:
-            raise ValueError(f"pose_offset must be 3 finite values within 0.2 m, got "
-                             f"{list(self.pose_offset)}")
-
-    @property
-    def any(self) -> bool:
-        """True when some fault is injected."""
-        return self != Faults()
+NO_FAULTS = Faults()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,8 +302,7 @@ class LockstepLoop:
         self.arm = TrajectoryController(self.sim, fr3.ARM_LIMITS, loop.trajectory)
         self.gripper = GripperController(self.sim, fr3.MAX_GRIPPER_WIDTH, fr3.MAX_GRIPPER_SPEED,
                                          fr3.MAX_GRASP_FORCE)
-        self.gripper.force_scale = faults.grasp_force_scale
-        self.gripper.close_failures = faults.close_failures
+        faults.apply_to(self.gripper)
         self.backend = LockstepBackend(self.sim, self.arm, self.gripper, backend_settings)
         self._steps_per_tick = max(1, round(loop.control_period / self.sim.timestep))
         self._tick = self._steps_per_tick * self.sim.timestep
@@ -442,7 +413,7 @@ class LockstepSession:
         self.loop = loop
 
     def run(self, task_name: str, seed: int, variation: Mapping[str, Any] | None = None,
-            faults: Faults = Faults(), *, recovery_enabled: bool = False, hold_s: float = 0.0,
+            faults: Faults = NO_FAULTS, *, recovery_enabled: bool = False, hold_s: float = 0.0,
             episode_id: str = "", on_status: Callable[[Status], None] | None = None,
             ) -> Recording:
         """One episode of the named task on the scene of (``task_name``, ``seed``, ``variation``).
@@ -469,7 +440,7 @@ class LockstepSession:
         runner = TaskRunner(world.backend, self.kinematics, self.settings.gate,
                             self.settings.config, publish_status=publish,
                             object_pose=world.object_pose, now_ns=world.now_ns,
-                            sleep=world.sleep)
+                            sleep=world.sleep, monotonic=lambda: world.now_ns() / NS)
         world.sleep(self.loop.settle_s)
         world.start_camera()
         result = runner.run(Request(spec, episode_id or f"{task_name}-{seed}",

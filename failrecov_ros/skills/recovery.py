@@ -25,6 +25,8 @@ OBJECT_LOST = (FailureType.SLIP, FailureType.EARLY_RELEASE)
 #: Failures of the close itself: re-approach and close again.
 GRIPPER_FAULTS = (FailureType.DELAY_CLOSE, FailureType.WEAK_CLOSE, FailureType.FORCE_OPEN)
 PRE_CONTACT_STAGES = ("approach", "pre_grasp")
+#: m the fingers must have closed from fully open before a force_open is contradicted.
+CLOSED_GAP = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +95,17 @@ class RetryBudget:
 
 
 def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: bool,
-           threshold: float, budget: RetryBudget, planned_motion: bool = False) -> Assessment:
+           threshold: float, budget: RetryBudget, planned_motion: bool = False,
+           finger_gap: float | None = None) -> Assessment:
     """Decide what a diagnosis means for the running episode (pure; the reason says why).
 
+    A diagnosis is checked against what the executor measures itself before it may take over:
     ``planned_motion``: the executor is driving (or holding) a motion it planned itself, not an
     external policy. A stall (FailSafe: the policy stops acting) is then contradicted by the
     executor's own bookkeeping: its motions either progress or time out, which it reports
     itself; pauses between skills are deliberate and look like stalls to a model.
+    ``finger_gap``: how far (m) the fingers are now from fully open. A force_open (the hand
+    never closed) is contradicted once they have closed by more than ``CLOSED_GAP``.
     """
     d = diagnosis
     what = f"{d.failure_type.value} at {d.stage or '?'} (confidence {d.confidence:.2f})"
@@ -124,6 +130,11 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
     if planned_motion and d.failure_type is FailureType.STALL:
         return Assessment(Action.IGNORE, f"ignored {what}: the executor's own planned motion is "
                                          "not stalled (it would time out and say so)")
+    if d.failure_type is FailureType.FORCE_OPEN and finger_gap is not None \
+            and finger_gap > CLOSED_GAP:
+        return Assessment(Action.IGNORE, f"ignored {what}: the fingers have closed "
+                                         f"{finger_gap * 1000:.0f} mm from open, so the hand did "
+                                         "close")
     if d.correction.kind is CorrectionKind.NEEDS_HELP:
         return Assessment(Action.NEEDS_HELP, f"{what}: the monitor asks for help: {d.summary}")
     if budget.remaining <= 0:

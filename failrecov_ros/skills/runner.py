@@ -288,14 +288,18 @@ class TaskRunner:
                  log: Callable[[str, str], None] = lambda level, message: None,
                  object_pose: Callable[[str, int, float], Pose] | None = None,
                  now_ns: Callable[[], int] = time.time_ns,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if tuple(backend.joint_names) != tuple(kinematics.joint_names):
             raise ValueError(f"backend joints {backend.joint_names} differ from the kinematics' "
                              f"{kinematics.joint_names}")
         self.backend, self.kin, self.gate, self.config = backend, kinematics, gate, config
         self._publish_status, self._publish_feedback = publish_status, publish_feedback
         self._log, self._object_pose = log, object_pose or _no_perception
-        self.now_ns, self._sleep = now_ns, sleep
+        # Waits and timeouts run on ``monotonic`` and ``sleep``: the wall clock on a robot, the
+        # simulated one when a caller steps the physics itself (lockstep), which then stays
+        # deterministic however fast it runs.
+        self.now_ns, self._sleep, self._monotonic = now_ns, sleep, monotonic
         self._diagnoses: queue.Queue[Diagnosis] = queue.Queue()
         self._policy: queue.Queue[tuple[int, np.ndarray]] = queue.Queue()
         self._trajectories: OrderedDict[int, tuple] = OrderedDict()
@@ -400,10 +404,10 @@ class TaskRunner:
         outcome = self.backend.prepare(self.config.prepare_timeout)
         if not outcome.ok:
             raise _FinishError(ResultCode.CONTROLLER_ERROR, outcome.message)
-        deadline = time.monotonic() + self.config.joint_state_timeout
+        deadline = self._monotonic() + self.config.joint_state_timeout
         while self.backend.joint_positions() is None or self.backend.gripper_width() is None:
             self._check_cancel()
-            if time.monotonic() > deadline:
+            if self._monotonic() > deadline:
                 raise _FinishError(ResultCode.CONTROLLER_ERROR,
                                    f"no joint states (arm and gripper) within "
                                    f"{self.config.joint_state_timeout:.0f} s")
@@ -499,6 +503,11 @@ class TaskRunner:
         if q is None:
             raise _FinishError(ResultCode.CONTROLLER_ERROR, "joint states stopped")
         return q
+
+    def _finger_gap(self) -> float | None:
+        """How far the fingers are from fully open now (m); None when unknown."""
+        width = self._width()
+        return None if math.isnan(width) else self.config.profile.open_width - width
 
     def _width(self) -> float:
         width = self.backend.gripper_width()
@@ -639,19 +648,19 @@ class TaskRunner:
 
     def _policy_step(self, step: Step) -> _Failure | None:
         """Execute an external policy's end-effector deltas until it stops or the quota is hit."""
-        done, last = 0, time.monotonic()
+        done, last = 0, self._monotonic()
         while step.max_steps == 0 or done < step.max_steps:
             self._check_cancel()
             self._check_diagnoses(stop=True)
             try:
                 stamp, delta = self._policy.get(timeout=self.config.poll_period)
             except queue.Empty:
-                if time.monotonic() - last > step.idle_timeout:
+                if self._monotonic() - last > step.idle_timeout:
                     self._log("info", f"policy: no command for {step.idle_timeout:.1f} s; "
                                       "the policy phase ends")
                     break
                 continue
-            last = time.monotonic()
+            last = self._monotonic()
             if stamp < self.since_ns:  # queued before the policy phase began
                 self._log("info", "policy: dropped a command older than the policy phase")
                 continue
@@ -702,12 +711,12 @@ class TaskRunner:
             raise _CanceledError
 
     def _watch(self, motion: Motion, timeout: float, interruptible: bool) -> Outcome:
-        deadline = time.monotonic() + timeout
+        deadline = self._monotonic() + timeout
         while not motion.done():
             self._check_cancel()
             if interruptible:
                 self._check_diagnoses(stop=True)
-            if time.monotonic() > deadline:
+            if self._monotonic() > deadline:
                 self._stop(f"a command gave no result within {timeout:.1f} s")
                 return Outcome(MotionStatus.TIMED_OUT, f"no result within {timeout:.1f} s")
             self._sleep(self.config.poll_period)
@@ -724,7 +733,8 @@ class TaskRunner:
                              since_ns=self._stale_before(),
                              enabled=self.request.recovery_enabled,
                              threshold=self.config.recovery.confidence_threshold,
-                             budget=self.budget, planned_motion=not self._in_policy_step)
+                             budget=self.budget, planned_motion=not self._in_policy_step,
+                             finger_gap=self._finger_gap())
             if verdict.action is Action.IGNORE:
                 self._status_update(message=verdict.reason)
                 continue
@@ -752,8 +762,8 @@ class TaskRunner:
             raise _FinishError(failure.code, failure.message)
         self._status_update(message=f"{failure.message}; holding up to {wait:.0f} s for a "
                                     "diagnosis")
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        deadline = self._monotonic() + wait
+        while self._monotonic() < deadline:
             self._check_cancel()
             self._check_diagnoses(stop=False)
             self._sleep(self.config.poll_period)
@@ -853,10 +863,10 @@ class TaskRunner:
         return dataclasses.replace(plan, source=f"{plan.source}, monitor trajectory"), path
 
     def _monitor_trajectory(self, stamp_ns: int, wait: float):
-        deadline = time.monotonic() + wait
+        deadline = self._monotonic() + wait
         while True:
             with self._lock:
                 fields = self._trajectories.pop(int(stamp_ns), None)
-            if fields is not None or time.monotonic() >= deadline:
+            if fields is not None or self._monotonic() >= deadline:
                 return fields
             self._sleep(self.config.poll_period)
