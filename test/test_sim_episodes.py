@@ -17,13 +17,13 @@ from franka_msgs.action import Grasp
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionClient
+from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from sim_process import SpunClient, running_sim, wait_until
 from std_srvs.srv import Trigger
 
 from failrecov_ros.evaluation.closed_loop import EpisodeSpec
-from failrecov_ros.nodes.episode_runner import _parameter
 from failrecov_ros.ros.conversions import time_to_ns
 from failrecov_ros.ros.qos import sensor_qos
 
@@ -57,7 +57,8 @@ class Client(SpunClient):
         return lambda msg: self._append(self.poses.setdefault(name, []), msg)
 
     def load(self, **values) -> Trigger.Response:
-        request = SetParameters.Request(parameters=[_parameter(k, v) for k, v in values.items()])
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
         assert self.set_params.wait_for_service(timeout_sec=30)
         answers = self.wait(self.set_params.call_async(request))
         assert all(r.successful for r in answers.results), answers

@@ -238,7 +238,8 @@ def summarize(results: Iterable[EpisodeResult], threshold: float = 0.5) -> dict[
     with_monitor = sum(b.success for _, b in paired)
     failures = [(a, b) for a, b in paired if not a.success]
     recovered = sum(b.success for _, b in failures)
-    verdicts = [(b.spec.label.value, episode_verdict(b, threshold)) for _, b in paired]
+    calls = {b.spec.name: episode_verdict(b, threshold) for _, b in paired}
+    verdicts = [(b.spec.label.value, calls[b.spec.name]) for _, b in paired]
     correct = sum(truth == call for truth, call in verdicts)
     faulty = [(t, c) for t, c in verdicts if t != FailureType.NONE.value]
     nominal = [(t, c) for t, c in verdicts if t == FailureType.NONE.value]
@@ -251,7 +252,7 @@ def summarize(results: Iterable[EpisodeResult], threshold: float = 0.5) -> dict[
         row["episodes"] += 1
         row["success_without"] += a.success
         row["success_with"] += b.success
-        row["diagnosed"] += b.spec.label.value == episode_verdict(b, threshold)
+        row["diagnosed"] += b.spec.label.value == calls[b.spec.name]
     return {
         "episodes": len(paired),
         "success_without_monitor": _rate(without, len(paired)),

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
@@ -47,23 +47,6 @@ from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
 COLOR = "camera/camera/color/image_raw"
 BAG_IMAGE_SIZE = 128  # px: the monitor looks at a centre crop shrunk further (96 px)
-
-
-def _parameter(name: str, value) -> Parameter:
-    """An rcl_interfaces Parameter for SetParameters (bool, int, float, str, float[])."""
-    v = ParameterValue()
-    if isinstance(value, bool):
-        v.type, v.bool_value = ParameterType.PARAMETER_BOOL, value
-    elif isinstance(value, int):
-        v.type, v.integer_value = ParameterType.PARAMETER_INTEGER, value
-    elif isinstance(value, float):
-        v.type, v.double_value = ParameterType.PARAMETER_DOUBLE, value
-    elif isinstance(value, str):
-        v.type, v.string_value = ParameterType.PARAMETER_STRING, value
-    else:
-        v.type, v.double_array_value = ParameterType.PARAMETER_DOUBLE_ARRAY, \
-            [float(x) for x in value]
-    return Parameter(name=name, value=v)
 
 
 @dataclasses.dataclass
@@ -200,7 +183,7 @@ class EpisodeRunner(Node):
     def setup_sim(self, spec: EpisodeSpec) -> str:
         """Set the episode's simulator parameters and reset; the simulator's answer."""
         request = SetParameters.Request(parameters=[
-            _parameter(k, v) for k, v in spec.sim_parameters().items()])
+            Parameter(k, value=v).to_parameter_msg() for k, v in spec.sim_parameters().items()])
         answer = self._wait(self.set_params.call_async(request), 30, "set_parameters")
         failed = [r.reason for r in answer.results if not r.successful]
         if failed:

@@ -199,9 +199,6 @@ class MujocoSim(Node):
         self.arm = TrajectoryController(self.sim, fr3.ARM_LIMITS, defaults)
         self.gripper = GripperController(self.sim, fr3.MAX_GRIPPER_WIDTH, fr3.MAX_GRIPPER_SPEED,
                                          fr3.MAX_GRASP_FORCE)
-        self._apply_faults()
-
-    def _apply_faults(self) -> None:
         self.faults.apply_to(self.gripper)
 
     def _advertise_objects(self) -> None:
@@ -667,7 +664,7 @@ class MujocoSim(Node):
                 self.arm.hold()
                 self.gripper.stop()
                 self.sim.reset()
-                self._apply_faults()
+                self.faults.apply_to(self.gripper)
         response.success = True
         response.message = (f"reset {self.task_name} seed {self.seed} ('{self.instruction}')"
                             f"{' with faults ' + faults.describe() if faults.any else ''}")
