@@ -23,6 +23,7 @@ from rosgraph_msgs.msg import Clock
 from failrecov_ros.datagen.bags import BagError
 from failrecov_ros.evaluation.replay import RecordedTopic, Recording
 from failrecov_ros.ros.conversions import ns_to_time
+from failrecov_ros.ros.entry import start_node
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE,
                 "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -108,14 +109,10 @@ class BagPlayer(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: play once, then exit (0 at the end, 1 for an unreadable bag)."""
-    rclpy.init(args=args)
-    code = 0
-    try:
-        node = BagPlayer()
-    except ValueError as error:
-        rclpy.logging.get_logger("bag_player").fatal(f"bad parameters: {error}")
-        rclpy.try_shutdown()
+    node = start_node("bag_player", BagPlayer, args)
+    if node is None:
         return 2
+    code = 0
     try:
         code = node.play()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -42,6 +42,7 @@ from failrecov_ros.evaluation.closed_loop import DiagnosisRecord, EpisodeResult,
 from failrecov_ros.models.compact import resize_frame
 from failrecov_ros.msg import FailureDiagnosis, SkillStatus
 from failrecov_ros.ros.conversions import duration_to_s, time_to_ns
+from failrecov_ros.ros.entry import start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
@@ -287,12 +288,8 @@ class EpisodeRunner(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: run the suite, then exit (the launch file ends with it)."""
-    rclpy.init(args=args)
-    try:
-        node = EpisodeRunner()
-    except ValueError as error:
-        rclpy.logging.get_logger("episode_runner").fatal(f"bad parameters: {error}")
-        rclpy.try_shutdown()
+    node = start_node("episode_runner", EpisodeRunner, args)
+    if node is None:
         return 2
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)

@@ -42,6 +42,7 @@ from failrecov_ros.core.geometry import quat_about_z, quat_multiply
 from failrecov_ros.core.trajectory import ResultCode
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.ros.conversions import ns_to_time, trajectory_goal_from_msg
+from failrecov_ros.ros.entry import start_node
 from failrecov_ros.ros.qos import sensor_qos
 from failrecov_ros.ros.sensors import (
     camera_info_msg,
@@ -691,12 +692,8 @@ class MujocoSim(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: spin the simulator until SIGINT."""
-    rclpy.init(args=args)
-    try:
-        node = MujocoSim()
-    except ValueError as error:
-        rclpy.logging.get_logger("mujoco_sim").fatal(f"bad parameters: {error}")
-        rclpy.try_shutdown()
+    node = start_node("mujoco_sim", MujocoSim, args)
+    if node is None:
         return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)

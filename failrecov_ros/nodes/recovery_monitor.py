@@ -37,6 +37,7 @@ from failrecov_ros.msg import FailureDiagnosis, SkillStatus
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.robots.kinematics import make_kinematics
 from failrecov_ros.ros.conversions import diagnosis_to_msg, ns_to_time, s_to_duration, time_to_ns
+from failrecov_ros.ros.entry import start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import image_to_array
 from failrecov_ros.skills.correction import plan_correction
@@ -373,12 +374,8 @@ def main(args: list[str] | None = None) -> int:
     benchmarks/monitor_benchmark.py). Slow VLM backends want 2+ threads, so frames and state
     keep arriving during a multi-second generation (inference has its own callback group).
     """
-    rclpy.init(args=args)
-    try:
-        node = RecoveryMonitor()
-    except ValueError as error:
-        rclpy.logging.get_logger("recovery_monitor").fatal(f"bad parameters: {error}")
-        rclpy.try_shutdown()
+    node = start_node("recovery_monitor", RecoveryMonitor, args)
+    if node is None:
         return 2
     executor = (SingleThreadedExecutor() if node.executor_threads == 1
                 else MultiThreadedExecutor(num_threads=node.executor_threads))

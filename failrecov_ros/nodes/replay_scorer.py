@@ -21,6 +21,7 @@ from failrecov_ros.core.schema import SchemaError
 from failrecov_ros.evaluation import metrics, replay, report
 from failrecov_ros.msg import FailureDiagnosis
 from failrecov_ros.ros.conversions import msg_to_diagnosis
+from failrecov_ros.ros.entry import start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos
 
 
@@ -90,12 +91,8 @@ class ReplayScorer(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: collect until SIGINT, then write the results."""
-    rclpy.init(args=args)
-    try:
-        node = ReplayScorer()
-    except (ValueError, OSError) as error:
-        rclpy.logging.get_logger("replay_scorer").fatal(f"bad parameters: {error}")
-        rclpy.try_shutdown()
+    node = start_node("replay_scorer", ReplayScorer, args, errors=(ValueError, OSError))
+    if node is None:
         return 2
     try:
         rclpy.spin(node)

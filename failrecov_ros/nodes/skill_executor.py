@@ -49,6 +49,7 @@ from failrecov_ros.ros.conversions import (
     task_result_to_msg,
     time_to_ns,
 )
+from failrecov_ros.ros.entry import start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec, load_task_library
 from failrecov_ros.skills.objects import ObjectPoseError, PoseBoard
@@ -221,12 +222,9 @@ class SkillExecutor(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: spin the executor until SIGINT."""
-    rclpy.init(args=args)
-    try:
-        node = SkillExecutor()
-    except (ValueError, TaskError, OSError) as error:
-        rclpy.logging.get_logger("skill_executor").fatal(f"cannot start: {error}")
-        rclpy.try_shutdown()
+    node = start_node("skill_executor", SkillExecutor, args,
+                      errors=(ValueError, TaskError, OSError), what="cannot start")
+    if node is None:
         return 2
     executor = MultiThreadedExecutor(num_threads=6)
     executor.add_node(node)
