@@ -200,12 +200,18 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     import shlex
 
     from failrecov_ros.datagen import config as datagen_config
+    from failrecov_ros.datagen.bags import find_bags
     from failrecov_ros.datagen.runner import generate
 
     try:
         config = datagen_config.load(args.config)
         if args.seed is not None:
             config = dataclasses.replace(config, seed=args.seed)
+        if args.demonstrations:
+            changes = {"demonstrations": tuple(find_bags(args.demonstrations))}
+            if args.demonstration_task:
+                changes["demonstration_task"] = args.demonstration_task
+            config = dataclasses.replace(config, **changes)
         command = "failrecov " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         result = generate(config, args.out, args.samples, args.workers, command=command,
                           progress=not args.quiet)
@@ -453,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verified samples wanted (whole chunks: it may end a little above)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--demonstrations", nargs="+", metavar="BAG",
+                   help="recorded demonstrations (rosbag2 folders/files, or folders of them, "
+                   "e.g. episode_recorder's output) perturbed instead of the scripted expert's "
+                   "runs (Dream2Fix operators and clean windows only)")
+    p.add_argument("--demonstration-task",
+                   choices=["pick_cube", "place_in_bowl", "stack_cube"],
+                   help="task of the bags that have no recorder sidecar (default: the "
+                   "config's demonstration_task)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_datagen)
     p = sub.add_parser("collect", help="closed-loop training windows: the skill executor in "

@@ -111,6 +111,31 @@ def read_demonstration(path: str | Path, *,
         instruction=instruction)
 
 
+def find_bags(paths: Sequence[str | Path]) -> list[str]:
+    """Every bag named by ``paths``, sorted and absolute.
+
+    Bag folders and files count as given; a folder that is not a bag itself (a recorder's
+    output folder) contributes the bags directly inside it.
+    """
+    found: set[str] = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise BagError(f"no such bag or folder: {path}")
+        if path.is_file() or (path / "metadata.yaml").exists():
+            found.add(str(path.resolve()))
+            continue
+        children = [c for c in sorted(path.iterdir()) if not c.name.startswith(".") and (
+            (c.is_dir() and (c / "metadata.yaml").exists())
+            or c.suffix in (".mcap", ".db3"))]
+        if not children and list(path.glob("*.mcap")) + list(path.glob("*.db3")):
+            children = [path]  # a killed recorder's folder: its one storage file
+        if not children:
+            raise BagError(f"{path} holds no rosbag2 bag (folders with metadata.yaml, or "
+                           ".mcap/.db3 files)")
+        found.update(str(c.resolve()) for c in children)
+    return sorted(found)
+
+
 def _bag_path(path: Path) -> Path:
     """The file or directory to open; a killed recorder leaves no metadata.yaml: use the file."""
     if not path.exists():

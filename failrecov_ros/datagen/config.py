@@ -22,6 +22,9 @@ from failrecov_ros.datagen import actions
 from failrecov_ros.sim.tasks import TASKS
 
 GENERATORS = ("failsafe", "dream2fix", "slip", "early_release", "none")
+#: What a recorded demonstration admits: its action stream, not the expert's plan.
+RECORDED_GENERATORS = ("dream2fix", "none")
+GRASPING_TASKS = ("pick_cube", "place_in_bowl", "stack_cube")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,11 @@ class DatagenConfig:
         "failsafe": 0.45, "dream2fix": 0.3, "slip": 0.05, "early_release": 0.05,
         "none": 0.15})  # ``none``: clean windows labelled success
     vary_scene: bool = True  # draw a RoboMD-style variation per episode (else nominal)
+    # Recorded demonstrations (rosbag2 folders or .mcap/.db3 files, e.g. from episode_recorder
+    # or a real FR3) used as the clean episodes instead of the scripted expert: Dream2Fix's
+    # operators (and "none") apply to them; FailSafe needs the expert's plan and does not.
+    demonstrations: tuple[str, ...] = ()
+    demonstration_task: str = "pick_cube"  # the task of a bag that has no recorder sidecar
     attempts_per_episode: int = 4  # perturbations of one clean demonstration
     chunk_size: int = 16  # attempts per shard
     record_hz: float = 10.0
@@ -129,6 +137,13 @@ def _problems(c: DatagenConfig) -> list[str]:
         out.append(f"generators: need positive weights over {GENERATORS}, got {c.generators}")
     if any(w < 0 for w in c.generators.values()):
         out.append("generators: weights must be >= 0")
+    if c.demonstrations:
+        if not any(c.generators.get(g, 0) > 0 for g in RECORDED_GENERATORS):
+            out.append(f"generators: recorded demonstrations need a positive weight on one of "
+                       f"{RECORDED_GENERATORS}, got {c.generators}")
+        if c.demonstration_task not in GRASPING_TASKS:
+            out.append(f"demonstration_task: {c.demonstration_task!r} is not one of "
+                       f"{GRASPING_TASKS} (Dream2Fix perturbs a grasp)")
     if c.attempts_per_episode < 1 or c.chunk_size < 1:
         out.append("attempts_per_episode and chunk_size must be >= 1")
     if c.window_frames < 2 or min(c.image_size) < 16 or c.image_format not in ("png", "jpeg"):

@@ -17,6 +17,10 @@ Procedures (DIGEST sections 1 and 3):
   directive label comes from the perturbation parameters, and applying it must recover.
 - ``none``: windows of the clean demonstration, labelled success (negatives for detection).
 
+The clean demonstration is the scripted expert's run, or a recorded one (``demonstrations`` in
+the config: rosbags from a real robot or ``episode_recorder``), which the world model must
+reproduce before its stream is perturbed; only Dream2Fix and ``none`` apply to those.
+
 Every kept sample must also pass kinematic safety (joint limits, p95-calibrated |q'| and |q''|)
 and visual sanity (target visible, depth finite) over its window.
 """
@@ -43,8 +47,9 @@ from failrecov_ros.core.schema import (
     validate,
 )
 from failrecov_ros.core.taxonomy import FailureType
-from failrecov_ros.datagen import actions
-from failrecov_ros.datagen.config import DatagenConfig
+from failrecov_ros.datagen import actions, recorded
+from failrecov_ros.datagen.bags import read_demonstration
+from failrecov_ros.datagen.config import GRASPING_TASKS, RECORDED_GENERATORS, DatagenConfig
 from failrecov_ros.datagen.world_model import PhysicsWorldModel, Rollout, WorldModel
 from failrecov_ros.robots import fr3
 from failrecov_ros.sim.camera import RgbdCamera
@@ -62,7 +67,6 @@ from failrecov_ros.sim.scene import Simulation
 from failrecov_ros.sim.tasks import TARGET, Task, make_task
 from failrecov_ros.sim.variations import Catalogue
 
-GRASPING_TASKS = ("pick_cube", "place_in_bowl", "stack_cube")
 AXES = ("x", "y", "z")
 ANGLES = ("roll", "pitch", "yaw")
 CALIBRATION_SEED_OFFSET = 1_000_000_007  # calibration demos never coincide with data episodes
@@ -82,6 +86,7 @@ class AttemptSpec:
     mode: str
     parameters: dict[str, Any]
     rng_state: int
+    demonstration: str = ""  # the recorded bag this episode perturbs ("" = the expert's run)
 
 
 def _uniform(rng: np.random.Generator, bounds) -> float:
@@ -100,13 +105,19 @@ def attempt_spec(config: DatagenConfig, index: int) -> AttemptSpec:
     """Draw attempt ``index`` (its episode, generator and perturbation) deterministically."""
     episode = index // config.attempts_per_episode
     episode_rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode, 0]))
-    task = config.tasks[episode % len(config.tasks)]
+    demonstration = ""
+    if config.demonstrations:
+        demonstration = config.demonstrations[episode % len(config.demonstrations)]
+        task = recorded.demonstration_task(demonstration, config.demonstration_task)
+    else:
+        task = config.tasks[episode % len(config.tasks)]
     episode_seed = int(episode_rng.integers(0, 2**31 - 1))
     variation = CATALOGUE.sample(episode_rng) if config.vary_scene else CATALOGUE.nominal()
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, episode, 1, index]))
     stages = _stages(task)
     applicable = {g: w for g, w in config.generators.items()
-                  if w > 0 and _applies(config, g, task, stages)}
+                  if w > 0 and _applies(config, g, task, stages)
+                  and (not demonstration or g in RECORDED_GENERATORS)}
     if not applicable:
         applicable = {"none": 1.0}
     names = sorted(applicable)
@@ -114,7 +125,8 @@ def attempt_spec(config: DatagenConfig, index: int) -> AttemptSpec:
     generator = names[int(rng.choice(len(names), p=weights / weights.sum()))]
     mode, parameters = _draw_perturbation(config, generator, stages, rng)
     return AttemptSpec(index, episode, task, episode_seed, variation,
-                       generator, mode, parameters, int(rng.integers(0, 2**63 - 1)))
+                       generator, mode, parameters, int(rng.integers(0, 2**63 - 1)),
+                       demonstration)
 
 
 def _applies(config: DatagenConfig, generator: str, task: str, stages: tuple[str, ...]) -> bool:
@@ -189,7 +201,7 @@ class _EpisodeContext:
     task: Task
     sim: Simulation
     camera: RgbdCamera
-    clean: Episode
+    clean: Episode | None  # None: a recorded demonstration, whose run is ``stream_rollout``
     stream: actions.ActionStream | None = None
     stream_rollout: Rollout | None = None
 
@@ -216,12 +228,30 @@ class Engine:
         if self._context is not None and self._context.spec_episode == spec.episode:
             return self._context
         self.close()
+        if spec.demonstration:
+            return self._recorded_episode(spec)
         task = make_task(spec.task, spec.episode_seed, spec.variation)
         sim = Simulation(task.scene)
-        width, height = self.config.image_size
-        camera = RgbdCamera(sim.model, task.scene.cameras[0].name, width, height)
         clean = self._run(sim, task, None)
-        self._context = _EpisodeContext(spec.episode, task, sim, camera, clean)
+        self._context = _EpisodeContext(spec.episode, task, sim, self._camera(sim, task), clean)
+        return self._context
+
+    def _camera(self, sim: Simulation, task: Task) -> RgbdCamera:
+        width, height = self.config.image_size
+        return RgbdCamera(sim.model, task.scene.cameras[0].name, width, height)
+
+    def _recorded_episode(self, spec: AttemptSpec) -> _EpisodeContext:
+        """A recorded bag as the clean run: its stream, rolled out in its reconstructed scene."""
+        demo = read_demonstration(spec.demonstration, max_frames=0)
+        nominal = make_task(spec.task, spec.episode_seed, spec.variation)
+        stream = recorded.stream_from_demonstration(demo, Simulation(nominal.scene),
+                                                    rate_hz=self.config.record_hz)
+        task = recorded.task_from_demonstration(stream, spec.task, spec.episode_seed,
+                                                spec.variation, demo.instruction)
+        sim = Simulation(task.scene)
+        self._context = _EpisodeContext(spec.episode, task, sim, self._camera(sim, task), None,
+                                        stream)
+        self._context.stream_rollout = self.world_model.rollout(task, stream)
         return self._context
 
     def _run(self, sim: Simulation, task: Task, faults: Faults | None) -> Episode:
@@ -242,7 +272,11 @@ class Engine:
         spec = attempt_spec(self.config, index)
         try:
             context = self._episode(spec)
-            if not context.clean.success:
+            if context.clean is None and not context.stream_rollout.success:
+                return [self._reject(spec, context.task.instruction,
+                                     "world model does not reproduce the demonstration",
+                                     {"world_model_clean_success": False})]
+            if context.clean is not None and not context.clean.success:
                 return [self._reject(spec, context.task.instruction, "clean demonstration failed",
                                      {"clean_success": False})]
             rng = np.random.default_rng(spec.rng_state)
@@ -265,7 +299,9 @@ class Engine:
             "label_json": "", "label_dream2fix": "", "label_failsafe": "", "ee_delta": [],
             "directive": Directive().to_dict(), "frames": None, "frame_times": [],
             "joint_positions": [], "gripper_width": [], "tcp_pose": [],
-            "parameters_json": json.dumps(spec.parameters, sort_keys=True),
+            "parameters_json": json.dumps(
+                {**spec.parameters, **({"demonstration": spec.demonstration}
+                                       if spec.demonstration else {})}, sort_keys=True),
             "variation_json": json.dumps(spec.variation, sort_keys=True),
             "scores_json": "{}", "reasons": [], "error": "",
         }
@@ -406,10 +442,11 @@ class Engine:
 
     # --- success windows -----------------------------------------------------------------------
     def _success_sample(self, spec, context, rng) -> dict[str, Any]:
-        clean = context.clean
+        clean = context.clean or context.stream_rollout
         n = self.config.window_frames
         end = int(rng.integers(n - 1, len(clean.times)))
-        stage = clean.stage_at(end)
+        stage = (context.clean.stage_at(end) if context.clean is not None
+                 else recorded.recorded_stage(context.stream.closure, end))
         kinematic = self._kinematics(clean.arm_q)
         scores = {"clean_success": True, "window_end_step": end, **kinematic.scores()}
         reasons = [f"unsafe demonstration: {v}" for v in kinematic.violations]
@@ -502,9 +539,16 @@ def close_from(perturbed: np.ndarray, clean: np.ndarray, at: int, k: int) -> np.
 def calibrate(config: DatagenConfig) -> MotionThresholds:
     """p95 motion thresholds from clean expert demonstrations of every configured task.
 
-    The demonstrations are drawn from the same scene variations as the data, so the
-    thresholds describe the motions a correct run of this distribution makes.
+    With recorded demonstrations, from those instead. The expert demonstrations are drawn
+    from the same scene variations as the data, so the thresholds describe the motions a
+    correct run of this distribution makes.
     """
+    if config.demonstrations:  # Dream2Fix: the p95 over the successful demonstrations given
+        paths = [recorded.resample(read_demonstration(path, max_frames=0), config.record_hz)[1]
+                 for path in config.demonstrations]
+        return calibrate_thresholds(paths, 1.0 / config.record_hz,
+                                    percentile=config.verification.percentile,
+                                    statistic=config.verification.statistic)
     paths = []
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
     for task_name in config.tasks:

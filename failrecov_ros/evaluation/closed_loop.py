@@ -131,6 +131,8 @@ SUITES: dict[str, str] = {
     "smoke": "3 pick_cube episodes: none, translation_x, force_open (seeds 100-102)",
     "heldout": "18 episodes like demo on seeds 1000+ with a purple target cube (a colour the "
                "shipped checkpoint never trained on)",
+    "clean": "12 episodes without faults cycling pick, place and stack (seeds 2000+): "
+             "demonstrations for episode_recorder and the data engine",
 }
 
 
@@ -145,6 +147,10 @@ def suite(name: str, episodes: int | None = None) -> list[EpisodeSpec]:
         return _round_robin(episodes or 18, 100)
     if name == "heldout":
         return _round_robin(episodes or 18, 1000, (("target_color", "purple"),))
+    if name == "clean":
+        grasping = [t for t in TASKS if t not in _NO_GRASP]
+        return [EpisodeSpec(i, grasping[i % len(grasping)], 2000 + i)
+                for i in range(episodes or 12)]
     raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
 
 

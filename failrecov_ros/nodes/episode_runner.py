@@ -3,7 +3,9 @@
 For every episode of the suite (``failrecov_ros.evaluation.closed_loop``) it sets the
 simulator's ``task``/``seed``/``variation``/``faults.*`` parameters, calls ``mujoco_sim/reset``
 and sends the executor an ``ExecuteTask`` goal, first with recovery disabled (the task as it
-goes without the monitor), then with it enabled. It listens to what the rest of the graph
+goes without the monitor), then with it enabled (``runs``: ``both``, or only ``baseline`` /
+``monitor``, e.g. the fault-free ``clean`` suite that ``episode_recorder`` turns into
+demonstrations). It listens to what the rest of the graph
 publishes (diagnoses, skill status, the camera), records each monitored episode as a rosbag2
 MCAP bag (the colour stream centre-cropped and shrunk to keep the bag small, plus the injected
 fault on ``/failure_label`` so ``failrecov eval replay`` can score it), keeps frames from before
@@ -14,6 +16,7 @@ and after each recovery, and ends with the table, ``results.json`` and ``report.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -48,6 +51,7 @@ from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
 COLOR = "camera/camera/color/image_raw"
 BAG_IMAGE_SIZE = 128  # px: the monitor looks at a centre crop shrunk further (96 px)
+RUNS = {"both": (False, True), "baseline": (False,), "monitor": (True,)}  # monitor off / on
 
 
 @dataclasses.dataclass
@@ -74,6 +78,9 @@ class EpisodeRunner(Node):
         self.output_dir = Path(p("output_dir", "failrecov_demo").value).expanduser()
         self.sim_node = p("sim_node", "mujoco_sim").value.strip("/")
         self.record_bags = bool(p("record_bags", True).value)
+        self.runs = p("runs", "both").value
+        if self.runs not in RUNS:
+            raise ValueError(f"runs must be one of {', '.join(RUNS)}, got {self.runs!r}")
         self.episode_timeout = float(p("episode_timeout_s", 300.0).value)
         self.server_timeout = float(p("server_timeout_s", 120.0).value)
         self.settle_s = float(p("settle_s", 0.5).value)
@@ -254,10 +261,10 @@ class EpisodeRunner(Node):
             bags.mkdir(exist_ok=True)
         self.wait_for_graph()
         results, snapshots = [], {}
-        total = 2 * len(self.specs)
+        total = len(RUNS[self.runs]) * len(self.specs)
         began = time.monotonic()
         for spec in self.specs:
-            for monitor in (False, True):
+            for monitor in RUNS[self.runs]:
                 if not rclpy.ok():
                     return 130
                 done = len(results)
@@ -277,6 +284,13 @@ class EpisodeRunner(Node):
                     f"{closed_loop.episode_verdict(result, self.threshold)}, recoveries "
                     f"{result.recoveries_succeeded}/{result.recoveries_attempted}; "
                     f"{result.message[:120]}")
+        if self.runs != "both":  # nothing to compare: the episodes and their outcomes
+            path = self.output_dir / "results.json"
+            path.write_text(json.dumps({"suite": self.suite_name, "runs": self.runs,
+                                        "episodes": [r.to_json() for r in results]}, indent=1))
+            print(f"\n{sum(r.success for r in results)}/{len(results)} episodes succeeded "
+                  f"({self.runs} runs); wrote {path}", flush=True)
+            return 0
         summary = closed_loop.summarize(results, self.threshold)
         table = closed_loop.render_table(summary)
         paths = closed_loop.write_report(self.output_dir, self.suite_name, results, summary,
