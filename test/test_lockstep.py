@@ -16,6 +16,7 @@ from failrecov_ros.datagen.closed_loop import (
     episode_spec,
     monitor_windows,
 )
+from failrecov_ros.evaluation.closed_loop import suite
 from failrecov_ros.sim.lockstep import Faults, LockstepLoop, LockstepSession
 from failrecov_ros.sim.tasks import make_task
 from failrecov_ros.skills.motion import JointPath
@@ -190,3 +191,42 @@ def test_gripper_faults_act_like_the_simulator_nodes():
     assert closing.done() and closing.outcome().width < 0.005
     with pytest.raises(ValueError):
         Faults(pose_offset=(0.3, 0.0, 0.0))
+
+
+# --- recovery with a perfect monitor ---------------------------------------------------------
+def _oracle(spec):
+    """A monitor that tells the truth once: at the grasp's close, or at a push's start."""
+    offered = []
+
+    def monitor(status, now_ns):
+        due = (status.event == "gripper_close" if spec.task != "push_cube"
+               else status.event == "skill_start" and status.skill == "push")
+        if offered or not due:
+            return None
+        offered.append(now_ns)
+        return spec.truth().with_context(stamp_ns=now_ns, episode_id=spec.name)
+    return monitor, offered
+
+
+@pytest.mark.parametrize("name", ["04_pick_cube_translation_x", "06_push_cube_translation_x",
+                                  "14_stack_cube_force_open", "16_place_in_bowl_weak_close"])
+def test_the_true_diagnosis_recovers_the_injected_fault(name):
+    """The executor's half of recovery, without a model.
+
+    Each demo fault fails the task without the monitor and is undone when the monitor names
+    it and its correction (push: the paddle turns the short way, or IK fails on the way).
+    """
+    spec = next(s for s in suite("demo") if s.name == name)
+    p = spec.sim_parameters()
+    faults = Faults(pose_offset=tuple(p["faults.pose_offset"]),
+                    close_failures=p["faults.close_failures"], weak_grasps=p["faults.weak_grasps"])
+    session = LockstepSession(TASKS_YAML, {"recovery.diagnosis_wait_s": 5.0})
+    baseline = session.run(spec.task, spec.seed, faults=faults, episode_id=spec.name)
+    assert not baseline.success_at_end["success"], baseline.result.message
+    monitor, offered = _oracle(spec)
+    healed = session.run(spec.task, spec.seed, faults=faults, recovery_enabled=True,
+                         episode_id=spec.name, monitor=monitor)
+    assert offered, "the oracle never saw its cue"
+    assert healed.result.code is ResultCode.SUCCEEDED, healed.result.message
+    assert healed.result.recoveries_succeeded == 1
+    assert healed.success_at_end["success"], healed.success_at_end

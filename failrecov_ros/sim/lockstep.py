@@ -27,6 +27,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco loads: headless rende
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from failrecov_ros.core.schema import Diagnosis  # noqa: E402
 from failrecov_ros.core.trajectory import (  # noqa: E402
     JointTrajectory,
     Tolerance,
@@ -415,13 +416,14 @@ class LockstepSession:
     def run(self, task_name: str, seed: int, variation: Mapping[str, Any] | None = None,
             faults: Faults = NO_FAULTS, *, recovery_enabled: bool = False, hold_s: float = 0.0,
             episode_id: str = "", on_status: Callable[[Status], None] | None = None,
-            ) -> Recording:
+            monitor: Callable[[Status, int], Diagnosis | None] | None = None) -> Recording:
         """One episode of the named task on the scene of (``task_name``, ``seed``, ``variation``).
 
         After the runner returns the physics and the camera run ``hold_s`` more seconds with
         the robot left as it is: the executor holds that long after a failure it noticed, for
         the monitor to diagnose it (``recovery.diagnosis_wait_s``). Close the recording once its
-        frames are rendered (it holds a GL context).
+        frames are rendered (it holds a GL context). ``monitor`` plays the recovery monitor: it
+        sees every status with the simulated time (ns) and may return a diagnosis to offer.
         """
         if task_name not in self.library:
             raise ValueError(f"unknown task {task_name!r}; named tasks: "
@@ -436,6 +438,9 @@ class LockstepSession:
             world.log.append(("status", status))
             if on_status is not None:
                 on_status(status)
+            diagnosis = monitor(status, world.now_ns()) if monitor is not None else None
+            if diagnosis is not None:
+                runner.offer_diagnosis(diagnosis)
 
         runner = TaskRunner(world.backend, self.kinematics, self.settings.gate,
                             self.settings.config, publish_status=publish,

@@ -321,6 +321,11 @@ def resolve_target(step: Step, world: World, profile: SkillProfile,
                 else np.asarray(goal[:2]) - direction * (half + 0.006))
         target[:3, 3] = [base[0], base[1], origin[2] + offset[2]]
         heading = math.atan2(direction[1], direction[0]) + math.pi / 2
+        # Closed fingers push alike either way round: take the turn nearer the tool's yaw, so
+        # the wrist never has to swing half a turn (and past joint 7's range) on the way.
+        if abs(math.remainder(heading + math.pi - now_yaw, 2 * math.pi)) < abs(
+                math.remainder(heading - now_yaw, 2 * math.pi)):
+            heading += math.pi
         target[:3, :3] = turn @ rz(heading) @ profile.grasp_rotation
         return target
     target[:3, 3] = origin + offset
