@@ -533,7 +533,8 @@ class Harness:
         self.pose_requests = []  # (name, after_ns) the runner asked for
         recovery = RecoveryConfig(diagnosis_wait=config.pop("diagnosis_wait", 2.0),
                                   trajectory_wait=0.0,
-                                  max_recoveries=config.pop("max_recoveries", 2))
+                                  max_recoveries=config.pop("max_recoveries", 2),
+                                  interrupt_confirmations=config.pop("confirmations", 1))
         self.poses = {"cube": CUBE} if poses is None else poses
         self.runner = TaskRunner(
             self.robot, kin, gate or _gate(kin),
@@ -737,6 +738,48 @@ def test_a_diagnosis_mid_motion_stops_it_and_takes_over(kin, profile):
     assert ("stop",) in h.robot.calls and result.recoveries_succeeded == 1
     tcp = kin.fk(h.robot.q)[:3, 3]
     assert tcp == pytest.approx(np.add(CUBE.position, [0.02, 0, 0.10]), abs=2e-3)
+
+
+def _miss(h, **fields):
+    return _diagnosis(stamp_ns=h.clock(), stage="pre_grasp",
+                      correction=Correction(CorrectionKind.EE_DELTA, (0.02, 0.0, 0, 0, 0, 0, 0)),
+                      **fields)
+
+
+@pytest.mark.parametrize("offered, recoveries", [
+    ([FailureType.TRANSLATION_X], 0),  # one window: a false alarm costs nothing
+    ([FailureType.TRANSLATION_X, FailureType.TRANSLATION_X], 1),  # confirmed: take over
+    ([FailureType.TRANSLATION_X, FailureType.TRANSLATION_Y], 0),  # they disagree
+    ([FailureType.TRANSLATION_X, FailureType.NONE, FailureType.TRANSLATION_X], 0),
+])
+def test_an_interrupt_needs_agreeing_windows_in_a_row(kin, profile, offered, recoveries):
+    h = Harness(kin, profile, confirmations=2)
+    h.robot.points_per_poll = 1
+
+    def offer():
+        for failure_type in offered:
+            h.runner.offer_diagnosis(_miss(h, failure_type=failure_type,
+                                           failed=failure_type is not FailureType.NONE))
+    h.when(lambda s: s.stage == "pre_grasp", offer)
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    assert result.recoveries_attempted == recoveries
+    assert (("stop",) in h.robot.calls) is bool(recoveries)
+    if not recoveries:
+        assert any("window 1 of 2 needed to interrupt" in s.message for s in h.statuses)
+
+
+def test_an_unconfirmed_diagnosis_is_enough_once_the_executor_sees_the_failure(kin, profile):
+    """Named during the descent, the miss shows in the grasp: no second window is waited for."""
+    h = Harness(kin, profile, confirmations=2, diagnosis_wait=30.0)
+    h.robot.points_per_poll = 1
+    h.robot.grasp_widths = [0.0]  # the grasp closes on nothing
+    h.when(lambda s: s.stage == "pre_grasp", lambda: h.runner.offer_diagnosis(_miss(h)))
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    assert (result.recoveries_attempted, result.recoveries_succeeded) == (1, 1)
+    held = [s for s in h.statuses if "holding up to" in s.message]
+    assert held and h.clock() - held[0].stamp_ns < 1e9  # acted at once, not after 30 s
 
 
 def test_cancel_stops_the_robot(kin, profile):

@@ -23,9 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-import rclpy
 import yaml
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -40,7 +38,7 @@ from failrecov_ros.datagen.recorded import (
     EpisodeCutter,
 )
 from failrecov_ros.msg import SkillStatus
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import latched_qos, sensor_qos
 
 STATE_NAMES = {
@@ -260,12 +258,5 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("episode_recorder", EpisodeRecorder, args, errors=(ValueError, OSError))
     if node is None:
         return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node, cleanup=node.close)
     return 0

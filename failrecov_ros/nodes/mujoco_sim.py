@@ -23,14 +23,13 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 import yaml
 from control_msgs.action import FollowJointTrajectory, GripperCommand
 from franka_msgs.action import ErrorRecovery, Grasp, Homing, Move
 from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock
@@ -42,7 +41,7 @@ from failrecov_ros.core.geometry import quat_about_z, quat_multiply
 from failrecov_ros.core.trajectory import ResultCode
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.ros.conversions import ns_to_time, trajectory_goal_from_msg
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import sensor_qos
 from failrecov_ros.ros.sensors import (
     camera_info_msg,
@@ -695,15 +694,5 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("mujoco_sim", MujocoSim, args)
     if node is None:
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4), cleanup=node.shutdown)
     return 0

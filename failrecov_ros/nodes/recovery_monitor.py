@@ -16,12 +16,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, JointState
@@ -37,7 +36,7 @@ from failrecov_ros.msg import FailureDiagnosis, SkillStatus
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.robots.kinematics import make_kinematics
 from failrecov_ros.ros.conversions import diagnosis_to_msg, ns_to_time, s_to_duration, time_to_ns
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import image_to_array
 from failrecov_ros.skills.correction import plan_correction
@@ -377,21 +376,15 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("recovery_monitor", RecoveryMonitor, args)
     if node is None:
         return 2
-    executor = (SingleThreadedExecutor() if node.executor_threads == 1
-                else MultiThreadedExecutor(num_threads=node.executor_threads))
-    executor.add_node(node)
-    try:
+    def autostart() -> None:
         if node.autostart:
             node.trigger_configure()
             node.trigger_activate()
             if node.model is None:
                 node.get_logger().error("not monitoring: see the error above; the node stays "
                                         "up (inactive) for diagnostics and a later activate")
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+    executor = (SingleThreadedExecutor() if node.executor_threads == 1
+                else MultiThreadedExecutor(num_threads=node.executor_threads))
+    spin_until_shutdown(node, executor, start=autostart)
     return 0

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -21,7 +19,7 @@ from failrecov_ros.core.schema import SchemaError
 from failrecov_ros.evaluation import metrics, replay, report
 from failrecov_ros.msg import FailureDiagnosis
 from failrecov_ros.ros.conversions import msg_to_diagnosis
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos
 
 
@@ -94,14 +92,10 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("replay_scorer", ReplayScorer, args, errors=(ValueError, OSError))
     if node is None:
         return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+    def write() -> None:
         paths = node.write()
         node.get_logger().info(f"{len(node.diagnoses)} diagnoses scored; wrote "
                                f"{', '.join(str(p) for p in paths.values())}")
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+    spin_until_shutdown(node, cleanup=write)
     return 0

@@ -24,12 +24,11 @@ from __future__ import annotations
 import re
 import threading
 
-import rclpy
 from ament_index_python.packages import get_package_share_directory
 from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
@@ -49,7 +48,7 @@ from failrecov_ros.ros.conversions import (
     task_result_to_msg,
     time_to_ns,
 )
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec, load_task_library
 from failrecov_ros.skills.objects import ObjectPoseError, PoseBoard
@@ -226,15 +225,5 @@ def main(args: list[str] | None = None) -> int:
                       errors=(ValueError, TaskError, OSError), what="cannot start")
     if node is None:
         return 2
-    executor = MultiThreadedExecutor(num_threads=6)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=6), cleanup=node.close)
     return 0

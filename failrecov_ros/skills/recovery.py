@@ -41,6 +41,10 @@ class RecoveryConfig:
     trajectory_wait: float = 0.5  # s it waits for the monitor's trajectory of a diagnosis
     use_monitor_trajectory: bool = True
     weak_close_force_scale: float = 1.5  # grasp force factor for the regrasp after weak_close
+    # Windows in a row that must name the same failure before the monitor may stop a skill
+    # that is running fine by the executor's own measure (a failure the executor noticed
+    # itself needs one).
+    interrupt_confirmations: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -53,6 +57,9 @@ class RecoveryConfig:
         if not (self.diagnosis_wait >= 0 and self.trajectory_wait >= 0
                 and self.stale_grace >= 0):
             raise ValueError("diagnosis_wait, trajectory_wait and stale_grace must be >= 0")
+        if self.interrupt_confirmations < 1:
+            raise ValueError(f"interrupt_confirmations must be >= 1, got "
+                             f"{self.interrupt_confirmations}")
         if not (math.isfinite(self.weak_close_force_scale) and self.weak_close_force_scale >= 1):
             raise ValueError(f"weak_close_force_scale must be >= 1, got "
                              f"{self.weak_close_force_scale}")
@@ -141,6 +148,34 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
         return Assessment(Action.NEEDS_HELP, f"{what}: the retry budget of {budget.limit} "
                                              "recoveries is spent")
     return Assessment(Action.TAKEOVER, f"taking over for {what}: {d.summary}".rstrip(": "))
+
+
+class Confirmations:
+    """Debounces the monitor's interrupts of a skill that is going fine.
+
+    ``required`` takeover verdicts in a row must name the same failure type; any other
+    diagnosis in between starts the count again. One window's false alarm then costs nothing,
+    where it would spend a recovery (and the retry budget) on a skill that was going fine.
+    """
+
+    def __init__(self, required: int) -> None:
+        self.required = required
+        self._count = 0
+        #: The latest takeover diagnosis not yet confirmed: enough on its own once the executor
+        #: notices a failure itself.
+        self.pending: Diagnosis | None = None
+
+    def reset(self) -> None:
+        """Forget the streak (a diagnosis that disagrees, a recovery, a new episode)."""
+        self._count, self.pending = 0, None
+
+    def add(self, diagnosis: Diagnosis) -> int:
+        """Count one takeover verdict; how many in a row now name its failure type."""
+        if self.pending is None or diagnosis.failure_type is not self.pending.failure_type:
+            self._count = 0
+        self._count += 1
+        self.pending = diagnosis
+        return self._count
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,14 @@ from failrecov_ros.skills.correction import (
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec
 from failrecov_ros.skills.motion import JointPath, MotionLimits, plan_cartesian, plan_joint
 from failrecov_ros.skills.objects import ObjectPoseError
-from failrecov_ros.skills.recovery import Action, RecoveryConfig, RetryBudget, assess, resume_point
+from failrecov_ros.skills.recovery import (
+    Action,
+    Confirmations,
+    RecoveryConfig,
+    RetryBudget,
+    assess,
+    resume_point,
+)
 from failrecov_ros.skills.steps import (
     CLOSE,
     GRASP,
@@ -307,6 +314,7 @@ class TaskRunner:
         self.running = False
         self._in_policy_step = False  # an external policy acts: its stalls are real
         self._status = Status(State.IDLE)
+        self._confirmations = Confirmations(config.recovery.interrupt_confirmations)
 
     # --- inputs from other threads ---------------------------------------------------------------
     def offer_diagnosis(self, diagnosis: Diagnosis) -> None:
@@ -390,6 +398,7 @@ class TaskRunner:
         for inbox in (self._diagnoses, self._policy):
             while not inbox.empty():
                 inbox.get_nowait()
+        self._confirmations = Confirmations(self.config.recovery.interrupt_confirmations)
         self.running = True
 
     def _expand(self, request: Request) -> tuple[Step, ...]:
@@ -736,8 +745,17 @@ class TaskRunner:
                              budget=self.budget, planned_motion=not self._in_policy_step,
                              finger_gap=self._finger_gap())
             if verdict.action is Action.IGNORE:
+                self._confirmations.reset()
                 self._status_update(message=verdict.reason)
                 continue
+            if stop and verdict.action is Action.TAKEOVER:
+                agreeing = self._confirmations.add(diagnosis)
+                if agreeing < self._confirmations.required:
+                    self._status_update(message=f"{verdict.reason} (window {agreeing} of "
+                                                f"{self._confirmations.required} needed to "
+                                                "interrupt a skill that is going fine)")
+                    continue
+            self._confirmations.reset()
             if stop:
                 self._stop(verdict.reason)
             if verdict.action is Action.NEEDS_HELP:
@@ -762,6 +780,9 @@ class TaskRunner:
             raise _FinishError(failure.code, failure.message)
         self._status_update(message=f"{failure.message}; holding up to {wait:.0f} s for a "
                                     "diagnosis")
+        pending = self._confirmations.pending
+        if pending is not None:  # named before the executor saw it fail: that confirms it
+            self._diagnoses.put(pending)
         deadline = self._monotonic() + wait
         while self._monotonic() < deadline:
             self._check_cancel()

@@ -112,7 +112,8 @@ _FIELDS: dict[str, tuple[type, str]] = {
         ("metres_per_bin", "metres_per_bin"), ("diagnosis_wait_s", "diagnosis_wait"),
         ("stale_grace_s", "stale_grace"), ("trajectory_wait_s", "trajectory_wait"),
         ("use_monitor_trajectory", "use_monitor_trajectory"),
-        ("weak_close_force_scale", "weak_close_force_scale"))},
+        ("weak_close_force_scale", "weak_close_force_scale"),
+        ("interrupt_confirmations", "interrupt_confirmations"))},
     # The tool speed is the skills' default move speed and the planner's (one value).
     "motion.speed": (SkillProfile, "speed"),
     "motion.slow_speed": (SkillProfile, "slow_speed"),
