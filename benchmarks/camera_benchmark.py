@@ -9,6 +9,12 @@ The DDS write and receive times (rclpy MessageInfo) split it into the node's wor
 and the subscriber's own scheduling. Drops are counted against every recorded frame: each
 synthetic color image carries its index, so a frame lost while playback starts (before the first
 one published, which the node's own counter cannot see) counts like one lost mid-stream.
+Frames that were published but did not reach the callback are split with the DDS sequence
+number each message carries (rclpy MessageInfo): a gap reported by Fast DDS's message-lost
+event was lost before the subscriber had it (the node's writer history replaced it before it was
+delivered and acknowledged), the rest were replaced in the subscriber's own history (its executor
+fell behind by more than ``--depth`` messages). The run is on a ROS domain of its own, so no other
+publisher on the machine reaches the subscriber (one that does is an error, not a figure).
 Goal (issue 7): at most 1 drop per 1000 frames, median transport latency at most 5 ms.
 Run: ``source scripts/env.sh && python benchmarks/camera_benchmark.py [--frames 1200]``.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -39,6 +46,7 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
     import rclpy
     from ament_index_python.packages import get_package_prefix
     from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.event_handler import SubscriptionEventCallbacks
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
     from std_srvs.srv import Empty
@@ -57,10 +65,11 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
     rclpy.init()
     node = rclpy.create_node("camera_benchmark")
     lock = threading.Lock()
-    # Per image: header stamp, DDS write, DDS receive, callback time (ns since the epoch), and
-    # the recorded frame's index (color only; -1 for depth).
-    received: dict[str, list[tuple[int, int, int, int, int]]] = {"color": [], "aligned": []}
+    # Per image: header stamp, DDS write, DDS receive, callback time (ns since the epoch), the
+    # recorded frame's index (color only; -1 for depth) and the writer's sequence number.
+    received: dict[str, list[tuple[int, ...]]] = {"color": [], "aligned": []}
     statuses: list[dict] = []
+    dds_lost = {"color": 0, "aligned": 0}  # Fast DDS: samples the reader can no longer get
 
     def keep(key):
         def on_image(msg, info):
@@ -68,13 +77,21 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
             index = frame_index(msg.data[:3]) if key == "color" else -1  # rgb8: pixel (0, 0)
             with lock:
                 received[key].append((time_to_ns(msg.header.stamp), info["source_timestamp"],
-                                      info["received_timestamp"], now, index))
+                                      info["received_timestamp"], now, index,
+                                      info.get("publication_sequence_number") or 0))
         return on_image
 
+    def count_lost(key):
+        def on_lost(event):
+            with lock:
+                dds_lost[key] += event.total_count_change
+        return on_lost
+
     qos = sensor_qos(depth=depth, reliability=reliability)
-    node.create_subscription(Image, "camera/camera/color/image_raw", keep("color"), qos)
-    node.create_subscription(Image, "camera/camera/aligned_depth_to_color/image_raw",
-                             keep("aligned"), qos)
+    for key, topic in (("color", "camera/camera/color/image_raw"),
+                       ("aligned", "camera/camera/aligned_depth_to_color/image_raw")):
+        node.create_subscription(Image, topic, keep(key), qos, event_callbacks=(
+            SubscriptionEventCallbacks(message_lost=count_lost(key))))
     node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.append(
         {kv.key: kv.value for kv in m.status[0].values}), event_qos())
     reset = node.create_client(Empty, "camera/camera/hw_reset")
@@ -82,6 +99,11 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+
+    def quiet_for(seconds):
+        with lock:
+            last = received["color"][-1][3] if received["color"] else 0
+        return time.time_ns() - last > seconds * 1e9
 
     def stalled_after(base):
         last = statuses[-1] if statuses else None
@@ -100,6 +122,7 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
         with lock:
             for values in received.values():
                 values.clear()
+            dds_lost.update(color=0, aligned=0)
         cpu_start, wall_start = node_cpu_seconds(node_process.pid), time.monotonic()
         reset.call_async(Empty.Request())
         if not wait(lambda: stalled_after(before), frames / 30 + 120):
@@ -107,6 +130,18 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
         cpu = node_cpu_seconds(node_process.pid) - cpu_start
         wall = time.monotonic() - wall_start
         after = statuses[-1]
+        # The stall is reported a second after the last frame, but a reliable writer repairs a
+        # sample that no later one follows only at its periodic heartbeat (Fast DDS: every 3 s):
+        # listen until 4 s pass without an image, and say how many came that late.
+        with lock:
+            at_stall = len(received["color"])
+        wait(lambda: quiet_for(4.0), 30.0)
+        with lock:
+            after_stall = len(received["color"]) - at_stall
+        publishers = node.count_publishers("camera/camera/color/image_raw")
+        if publishers != 1:
+            raise RuntimeError(f"{publishers} publishers on the color topic: only the node's "
+                               f"frames may be counted")
     finally:
         executor.shutdown()
         spinner.join(timeout=10)
@@ -118,15 +153,20 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
         except subprocess.TimeoutExpired:
             node_process.kill()
     with lock:
-        color = np.array(received["color"], dtype=np.int64).reshape(-1, 5)
+        color = np.array(received["color"], dtype=np.int64).reshape(-1, 6)
         aligned_stamps = {stamp for stamp, *_ in received["aligned"]}
+        lost_in_dds = dds_lost["color"]
     indices = np.unique(color[:, 4])
+    sequence = np.sort(color[:, 5])
+    # Published in the pass but never taken by the callback: holes in the writer's numbering.
+    holes = int(np.sum(np.diff(sequence) - 1)) if len(sequence) else 0
     return {"recorded": frames, "published": int(after["frames"]) - int(before["frames"]),
             "node_drops": int(after["drops"]) - int(before["drops"]),
             "delivered": len(indices), "duplicates": len(color) - len(indices),
             "first": int(indices[0]) if len(indices) else frames,
             "last": int(indices[-1]) if len(indices) else frames - 1,
             "paired": sum(s in aligned_stamps for s in color[:, 0]),
+            "sequence_holes": holes, "dds_lost": lost_in_dds, "after_stall": after_stall,
             "stamp_ms": (color[:, 3] - color[:, 0]) / 1e6,
             "dds_ms": (color[:, 2] - color[:, 1]) / 1e6,
             "callback_ms": (color[:, 3] - color[:, 2]) / 1e6,
@@ -158,7 +198,12 @@ def main() -> int:
     parser.add_argument("--reliability", choices=("reliable", "best_effort"), default="reliable")
     parser.add_argument("--depth", type=int, default=10,
                         help="the subscriber's history depth (rclcpp's default QoS: 10)")
+    parser.add_argument("--domain", type=int,
+                        help="ROS domain for the node and the subscriber (default: a random one, "
+                             "so that no other publisher on this machine is heard)")
     args = parser.parse_args()
+    domain = random.SystemRandom().randint(1, 100) if args.domain is None else args.domain
+    os.environ["ROS_DOMAIN_ID"] = str(domain)  # this process's and the node's
     load_start = os.getloadavg()[0]
     spec = SyntheticSpec(frames=args.frames)  # 640x480 color and depth at 30 Hz
     with tempfile.TemporaryDirectory() as folder:
@@ -178,19 +223,26 @@ def main() -> int:
     stamp_ms, dds_ms, callback_ms = figures["stamp_ms"], figures["dds_ms"], figures["callback_ms"]
     print(f"machine: {os.cpu_count()} CPUs, load average {load_start:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end; "
-          f"QoS {args.reliability}, subscriber depth {args.depth}, FASTDDS_BUILTIN_TRANSPORTS="
+          f"ROS domain {domain}, QoS {args.reliability}, subscriber depth {args.depth}, "
+          f"FASTDDS_BUILTIN_TRANSPORTS="
           f"{os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', '(default)')}")
     print(f"frames: {recorded} recorded, {figures['published']} published "
           f"({figures['node_drops']} counted as dropped by the node), {delivered} color "
           f"delivered to another process, {figures['paired']} of them with their aligned depth"
-          + (f", {figures['duplicates']} duplicates" if figures["duplicates"] else ""))
+          + (f", {figures['duplicates']} duplicates" if figures["duplicates"] else "")
+          + f"; {figures['after_stall']} of them arrived after the node reported the stall")
     print(f"drop rate: {1000.0 * lost / recorded:.2f} per 1000 recorded frames (goal <= 1): "
           f"{lost} lost = {at_start} at start-up (before the first delivered frame) + "
           f"{mid_stream} mid-stream + {at_end} at the end")
+    undelivered = figures["published"] - delivered
     print(f"  where: {recorded - figures['published'] - figures['node_drops']} never published "
           f"(playback start/end), {figures['node_drops']} dropped in the node (frame-number "
-          f"gaps), {figures['published'] - delivered} published but not delivered (transport, "
-          f"or the subscriber's history of {args.depth} overflowing)")
+          f"gaps), {undelivered} published but not delivered")
+    print(f"  of those {undelivered}: {figures['sequence_holes']} holes in the DDS sequence "
+          f"numbers received, {figures['dds_lost']} of them reported lost by DDS (gone from the "
+          f"node's writer history before delivery), "
+          f"{figures['sequence_holes'] - figures['dds_lost']} replaced in the subscriber's "
+          f"history of {args.depth} (its executor fell behind)")
     print(f"latency header stamp -> received: median {np.median(stamp_ms):.2f} ms, p95 "
           f"{np.percentile(stamp_ms, 95):.2f} ms (goal median <= 5 ms; includes alignment)")
     print(f"of which DDS write -> DDS receive: median {np.median(dds_ms):.2f} ms, p95 "

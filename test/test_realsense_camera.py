@@ -33,9 +33,11 @@ from failrecov_ros.perception import realsense, session
 from failrecov_ros.perception.clock import DeviceClock
 from failrecov_ros.perception.imu import ImuUniter, MotionSample
 from failrecov_ros.perception.realsense import (
+    PLAYBACK_QUEUE,
     CameraConfig,
     CameraUnavailableError,
     DeviceWatcher,
+    Pacer,
     RealSenseCamera,
     StreamProfile,
     intrinsics_from_rs,
@@ -661,11 +663,25 @@ def test_bad_configuration_is_refused():
     assert session.SessionConfig().reconnect_timeout == 6.0  # realsense-ros's default
 
 
-def test_queues_hold_two_periods_live_and_a_second_of_a_recording():
-    assert queue_capacity(playback=False, fps=30) == 2  # anything older would be stale
-    assert queue_capacity(False, 30, motion_hz=400 + 250) == 2 * (1 + 22)  # IMU samples too
-    assert queue_capacity(True, 30) == 30
-    assert queue_capacity(True, 15, motion_hz=300) == 30 * 21
+def test_queues_hold_two_periods_live_and_a_few_frames_of_a_recording():
+    assert queue_capacity(fps=30) == 2  # anything older would be stale
+    assert queue_capacity(30, motion_hz=400 + 250) == 2 * (1 + 22)  # IMU samples too
+    assert 1 <= PLAYBACK_QUEUE <= 8  # more holds librealsense's frame pool and loses frames
+
+
+def test_pacer_keeps_the_recorded_schedule_and_catches_up():
+    now = [100.0]
+    pacer = Pacer(clock=lambda: now[0])
+    assert pacer.wait_s(5000.0) == 0.0  # the first frame is due at once and sets the schedule
+    now[0] = 100.010
+    assert pacer.wait_s(5000.0 + 1000 / 30) == pytest.approx(1 / 30 - 0.010)
+    now[0] = 100.5  # starved for half a second: the backlog is due at once ...
+    assert pacer.wait_s(5000.0 + 2000 / 30) == pytest.approx(2 / 30 - 0.5)
+    # ... and the frames after it keep their recorded times (the schedule does not shift).
+    assert pacer.wait_s(5600.0) == pytest.approx(0.1)
+    assert pacer.wait_s(1000.0) == 0.0  # before the first frame: the recording started over
+    now[0] = 101.0
+    assert pacer.wait_s(1100.0) == pytest.approx(-0.4)
 
 
 # --- the real pyrealsense2 path on a synthetic recording ------------------------------------
@@ -728,13 +744,47 @@ def test_playback_gives_every_frameset_in_sync(recordings):
     assert np.allclose(np.diff(stamps), 1000 / spec.fps, atol=1e-3)
 
 
-def test_a_recording_played_at_its_rate_queues_a_second_and_keeps_frames(recordings):
-    camera = RealSenseCamera(CameraConfig(rosbag_filename=recordings[1]["main"],
-                                          enable_gyro=True, enable_accel=True))
-    try:  # 30 Hz images with 200 Hz gyro and 100 Hz accel samples
-        assert (camera._queue.capacity(), camera._queue.keep_frames()) == (30 * 11, True)
+def test_a_recording_played_at_its_rate_loses_nothing_to_a_stalled_reader(recordings):
+    """Unlike librealsense's real-time playback, which discards what its threads were late for."""
+    specs, paths = recordings
+    spec = specs["main"]  # 30 Hz images with 200 Hz gyro and 100 Hz accel samples
+    camera = RealSenseCamera(CameraConfig(rosbag_filename=paths["main"], enable_gyro=True,
+                                          enable_accel=True))
+    frames, released, motion = [], [], []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < 3.0:
+            capture = camera.read(0.1)
+            if capture is None:
+                continue
+            last = time.monotonic()
+            motion.extend(capture.motion)
+            if capture.rgbd is not None:
+                frames.append(capture.rgbd)
+                released.append(last)
+                if len(frames) == 10:
+                    time.sleep(0.5)  # the reader stalls for 15 frames
     finally:
         camera.close()
+    assert [f.frame_number for f in frames] == list(range(spec.frames))
+    per_frame = spec.gyro_fps // spec.fps + spec.accel_fps // spec.fps
+    assert len(motion) == spec.frames * per_frame
+    due = np.array([f.timestamp_ms - frames[0].timestamp_ms for f in frames]) / 1000
+    late = np.array(released) - released[0] - due
+    assert late.min() > -0.005, "a frame was released before its recorded time"
+    # The frames behind the stall were caught up: the schedule did not shift by the stall.
+    assert late[-1] < 0.25, late
+
+
+def test_a_recording_waiting_for_its_reader_closes_at_once(recordings):
+    camera = RealSenseCamera(CameraConfig(rosbag_filename=recordings[1]["main"],
+                                          real_time=False, enable_gyro=True, enable_accel=True))
+    assert camera.read(1.0) is not None
+    time.sleep(0.5)  # librealsense fills the queue and waits for room in it
+    closer = threading.Thread(target=camera.close, daemon=True)
+    closer.start()
+    closer.join(10.0)
+    assert not closer.is_alive(), "close() hung on the waiting playback"
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,17 @@
 
 Color (rgb8), depth (z16, in millimetres) and depth aligned to color all come from ONE frameset,
 so they share a device timestamp: the fix for realsense-ros users' most frequent complaint (RGB
-and depth out of sync). Frames go from librealsense into a shallow queue read by the caller's
-thread; when the reader falls behind, the oldest frame is dropped there (a gap in the frame
-numbers) rather than published late. ``DeviceWatcher`` turns librealsense's devices-changed
-callback into unplug/plug notices. pyrealsense2 is passed in (``rs=``) so tests can drive this
-with a fake; nothing here imports ROS.
+and depth out of sync). A live camera's frames go from librealsense into a shallow queue read by
+the caller's thread; when the reader falls behind, the oldest frame is dropped there (a gap in the
+frame numbers) rather than published late. A recording is never dropped from: librealsense plays
+it without its own pacing (it then waits for the reader instead of discarding frames) and
+``Pacer`` releases each frame at its recorded time. librealsense's real-time playback hands every
+stream's frames to a dispatcher thread through a queue of ONE and discards the frame when that
+thread has not run within a frame period, which on a loaded machine happens all the time
+(measured at a load average of 5-6: 5 and 37 of 1200 framesets lost, the second with the
+alignment on the reader; its debug log says "Dropping frame from dispatcher" for each).
+``DeviceWatcher`` turns librealsense's devices-changed callback into unplug/plug notices.
+pyrealsense2 is passed in (``rs=``) so tests can drive this with a fake; nothing here imports ROS.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import importlib
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,16 +37,16 @@ if TYPE_CHECKING:  # session imports this module
     from failrecov_ros.perception.session import DeviceEvents
 
 _PROFILE = re.compile(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*")
-# How many image periods of frames librealsense may hold for the capture thread.
-# A live camera: two. Anything older is stale, and publishing it late would only hide that the
-# node fell behind; dropping it shows up as a drop in /diagnostics instead. Two, not one, so a
+# How many image periods of frames librealsense may hold for a live camera's capture thread:
+# anything older is stale, and publishing it late would only hide that the node
+# fell behind; dropping it shows up as a drop in /diagnostics instead. Two, not one, so a
 # frameset that arrives while the previous one is being aligned and published is not lost.
-LIVE_QUEUE_PERIODS = 2
-# A recording played at its recorded rate: one second. Its frames are the only copy of what was
-# recorded and a replay is for reproducing it (tests, the benchmark, replayed data), so a loaded
-# machine that starves the capture thread for a few hundred milliseconds must not lose them. The
-# wait is not hidden: latency is measured from each frame's stamp, so a backlog shows there.
-PLAYBACK_QUEUE_PERIODS = 30
+QUEUE_PERIODS = 2
+# A recording: how many frames librealsense reads ahead. It waits when they are not taken, so
+# nothing is lost, and more would not help: measured with a reader slower than the recording,
+# a queue of 22 lost most of a recording with the IMU on, 8 and fewer lost nothing (a queue
+# holding much of librealsense's frame pool, 16 frames a stream, is what fails).
+PLAYBACK_QUEUE = 4
 
 
 class CameraUnavailableError(RuntimeError):
@@ -186,13 +194,34 @@ def check_profiles(rs, device, config: CameraConfig) -> None:
                              f"{request} in {fmt}; supported: {supported}")
 
 
-def queue_capacity(playback: bool, fps: int, motion_hz: float = 0.0) -> int:
-    """Frames librealsense may queue: ``*_QUEUE_PERIODS`` image periods' worth.
+def queue_capacity(fps: int, motion_hz: float = 0.0) -> int:
+    """Frames librealsense may queue for a live camera: ``QUEUE_PERIODS`` image periods' worth.
 
     With the IMU on, each period also brings its motion samples, one queue entry each.
     """
     per_period = 1 + math.ceil(motion_hz / max(fps, 1))
-    return (PLAYBACK_QUEUE_PERIODS if playback else LIVE_QUEUE_PERIODS) * per_period
+    return QUEUE_PERIODS * per_period
+
+
+class Pacer:
+    """When each frame of a recording is due: its recorded time after the first one's.
+
+    A frame that is late (the reader was starved) is due at once, and the ones after it stay on
+    the recorded schedule, so a backlog is caught up rather than shifting the rest of the
+    recording (librealsense's real-time playback does the same, minus its dropping). A timestamp
+    before the first one (a recording that started over) starts a new schedule.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._base: tuple[float, float] | None = None  # (clock s, recorded ms) of the first
+
+    def wait_s(self, timestamp_ms: float) -> float:
+        """Seconds until the frame recorded at ``timestamp_ms`` is due (<= 0: due now)."""
+        now = self._clock()
+        if self._base is None or timestamp_ms < self._base[1]:
+            self._base = (now, timestamp_ms)
+        return self._base[0] + (timestamp_ms - self._base[1]) / 1000.0 - now
 
 
 class DeviceWatcher:
@@ -228,7 +257,7 @@ class DeviceWatcher:
 
 
 class RealSenseCamera:
-    """One running pipeline. Constructing it opens the device (or recording) and starts it."""
+    """One running camera. Constructing it opens the device (or recording) and starts it."""
 
     def __init__(self, config: CameraConfig, rs=None, context=None) -> None:
         self._rs = rs = rs or import_pyrealsense2()
@@ -253,25 +282,25 @@ class RealSenseCamera:
                 pipeline_config.enable_stream(getattr(rs.stream, stream), -1, 0, 0,
                                               rs.format.motion_xyz32f, fps)
         self._pipeline = rs.pipeline(context) if context is not None else rs.pipeline()
-        self._queue = None
+        self._queue = self._syncer = None
+        self._sensors: list = []  # a recording's, started here rather than by the pipeline
+        self._pending = None  # a recording's frame read before it was due
+        self._lone = None  # a color or depth frame the syncer let out without its pair
+        self._pacer = Pacer() if playback and config.real_time else None
         try:
             resolved = pipeline_config.resolve(self._pipeline)
-            if playback:  # paced as asked from the first frame on (start() begins playing)
-                resolved.get_device().as_playback().set_real_time(config.real_time)
-            # Played as fast as possible, librealsense only paces a pipeline that is waited on
-            # (its callback mode stalls after two frames); everything else goes through a queue.
-            if not playback or config.real_time:
-                streams = list(resolved.get_streams())
-                fps = max((p.fps() for p in streams if p.stream_type() == rs.stream.color),
-                          default=0)
-                motion_hz = sum(p.fps() for p in streams if p.stream_type() in
-                                (rs.stream.gyro, rs.stream.accel))
-                # A second of frames is more than librealsense's frame pool lends out at once:
-                # keep them out of it (a live camera's two periods stay within the pool).
-                self._queue = rs.frame_queue(queue_capacity(playback, fps, motion_hz), playback)
-            started = (self._pipeline.start(pipeline_config) if self._queue is None
-                       else self._pipeline.start(pipeline_config, self._queue))
+            streams = list(resolved.get_streams())
+            fps = max((p.fps() for p in streams if p.stream_type() == rs.stream.color), default=0)
+            motion_hz = sum(p.fps() for p in streams if p.stream_type() in
+                            (rs.stream.gyro, rs.stream.accel))
+            if playback:
+                self._start_playback(resolved.get_device(), streams)
+                started = resolved
+            else:
+                self._queue = rs.frame_queue(queue_capacity(fps, motion_hz), False)
+                started = self._pipeline.start(pipeline_config, self._queue)
         except RuntimeError as error:
+            self.close()
             streams = "".join(", " + s for s in config.motion_streams)
             if playback:
                 problem = ("is unreadable (truncated or corrupt?)" if _unreadable(error) else
@@ -285,12 +314,34 @@ class RealSenseCamera:
             self.info = self._describe(started, self._device, playback)
             color_fps = started.get_stream(rs.stream.color).fps()
         except Exception:
-            self._pipeline.stop()
+            self.close()
             raise
         self._align = rs.align(rs.stream.color) if config.align_depth else None
         # Color and depth further apart than half a frame are not one moment: never paired.
         self._max_skew_ms = 500.0 / max(color_fps, 1)
         self._last_color_number: int | None = None
+
+    def _start_playback(self, device, streams) -> None:
+        """Play a recording without librealsense's pacing, into a syncer that waits for us.
+
+        Not through the pipeline: its callback mode stalls after two frames when playback is
+        not real-time, and its waiting mode keeps only the latest IMU sample per frameset.
+        """
+        rs = self._rs
+        playback = device.as_playback()
+        playback.set_real_time(False)  # frames block librealsense instead of being dropped
+        self._syncer = rs.syncer(PLAYBACK_QUEUE)
+        wanted = {p.unique_id() for p in streams}
+        # Reading starts with the first sensor started; paused, the first frames of the streams
+        # started after it are not read before anyone listens for them.
+        playback.pause()
+        for sensor in device.query_sensors():
+            profiles = [p for p in sensor.get_stream_profiles() if p.unique_id() in wanted]
+            if profiles:
+                sensor.open(profiles)
+                self._sensors.append(sensor)
+                sensor.start(self._syncer)
+        playback.resume()
 
     def _describe(self, started, device, playback: bool) -> DeviceInfo:
         rs = self._rs
@@ -319,17 +370,38 @@ class RealSenseCamera:
             to_depth=to_depth)
 
     def read(self, timeout_s: float) -> Capture | None:
-        """The next frameset or IMU sample, or None if nothing came within ``timeout_s``."""
-        timeout_ms = max(1, int(timeout_s * 1000))
-        source = self._pipeline.try_wait_for_frames if self._queue is None else \
-            self._queue.try_wait_for_frame
-        ok, frame = source(timeout_ms)
-        if not ok:
-            return None
-        frames = list(frame.as_frameset()) if frame.is_frameset() else [frame]
+        """The next frameset or IMU sample, or None if nothing came within ``timeout_s``.
+
+        A recording played at its recorded rate gives each frame at its recorded time.
+        """
+        if self._pending is None:
+            timeout_ms = max(1, int(timeout_s * 1000))
+            source = (self._syncer.try_wait_for_frames if self._syncer is not None
+                      else self._queue.try_wait_for_frame)
+            ok, frame = source(timeout_ms)
+            if not ok:
+                return None
+            self._pending = frame
+        if self._pacer is not None:
+            wait = self._pacer.wait_s(max(f.get_timestamp() for f in _frames(self._pending)))
+            if wait > timeout_s:  # kept for the next read
+                time.sleep(timeout_s)
+                return None
+            if wait > 0:
+                time.sleep(wait)
+        frame, self._pending = self._pending, None
+        return self._capture(frame)
+
+    def _capture(self, frame) -> Capture | None:
+        rs = self._rs
+        frames = _frames(frame)
         motion = tuple(self._motion(f) for f in frames if f.is_motion_frame())
         streams = {f.get_profile().stream_type(): f for f in frames if f.is_video_frame()}
-        color, depth = streams.get(self._rs.stream.color), streams.get(self._rs.stream.depth)
+        color, depth = streams.get(rs.stream.color), streams.get(rs.stream.depth)
+        frameset = frame
+        if (color is None) != (depth is None):
+            color, depth = self._pair_lone(color or depth)
+            frameset = None
         # Unpaired (no color or no depth, or not one moment), or a frameset the syncer built
         # again around a new IMU sample: no new image to publish.
         if (color is None or depth is None or color.get_frame_number() == self._last_color_number
@@ -338,12 +410,41 @@ class RealSenseCamera:
         self._last_color_number = color.get_frame_number()
         aligned = None
         if self._align is not None:
-            aligned = self._depth_mm(self._align.process(frame.as_frameset()).get_depth_frame())
+            frameset = (frameset.as_frameset() if frameset is not None
+                        else self._compose(color, depth))
+            aligned = self._depth_mm(self._align.process(frameset).get_depth_frame())
         return Capture(RgbdFrame(
             color=np.asanyarray(color.get_data()).copy(), depth_mm=self._depth_mm(depth),
             aligned_depth_mm=aligned, timestamp_ms=float(color.get_timestamp()),
             depth_timestamp_ms=float(depth.get_timestamp()), domain=_domain(color),
             frame_number=int(color.get_frame_number())), motion)
+
+    def _pair_lone(self, frame) -> tuple:
+        """(color, depth) of a frame that came alone and the lone one before it, if one moment.
+
+        librealsense's syncer learns which streams there are from their first frames, so it
+        lets a recording's first depth and first color out one by one; paired here they are
+        the first frameset rather than a frame lost at start-up. Otherwise the frame waits
+        alone for its pair (only the latest does).
+        """
+        previous, self._lone = self._lone, None
+        color_stream = self._rs.stream.color
+        if (previous is not None
+                and (previous.get_profile().stream_type() == color_stream)
+                != (frame.get_profile().stream_type() == color_stream)
+                and abs(previous.get_timestamp() - frame.get_timestamp()) <= self._max_skew_ms):
+            pair = (previous, frame)
+            return pair if previous.get_profile().stream_type() == color_stream else pair[::-1]
+        frame.keep()  # outlives the syncer's queue slot
+        self._lone = frame
+        return (None, None)
+
+    def _compose(self, color, depth):
+        """One frameset of a color and a depth frame that came apart (for the alignment)."""
+        built = []
+        self._rs.processing_block(lambda frame, source: built.append(
+            source.allocate_composite_frame([frame, depth]))).invoke(color)
+        return built[0].as_frameset()
 
     def _depth_mm(self, frame) -> np.ndarray:
         # Copied: the frame's buffer goes back to librealsense's pool when the frame is freed.
@@ -362,17 +463,42 @@ class RealSenseCamera:
             self._device.hardware_reset()
 
     def close(self) -> None:
-        """Stop the pipeline (the device is free for the next connection)."""
-        try:
-            self._pipeline.stop()
-        except RuntimeError:  # already stopped or the device is gone
-            pass
+        """Stop streaming (the device is free for the next connection)."""
+        self._pending = self._lone = None
+        if self._syncer is None:
+            try:
+                self._pipeline.stop()
+            except RuntimeError:  # already stopped, never started, or the device is gone
+                pass
+            return
+        # librealsense's playback thread may be waiting for room in the syncer's queue, and a
+        # sensor stops only once its thread returns: keep emptying the queue until they stop.
+        sensors, self._sensors = self._sensors, []
+
+        def stop() -> None:
+            for call in [sensor.stop for sensor in sensors] + [s.close for s in sensors]:
+                try:
+                    call()
+                except RuntimeError:  # stopped at the end of the recording, or never started
+                    pass
+
+        stopper = threading.Thread(target=stop, name="playback-stop", daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            while self._syncer.poll_for_frames():
+                pass
+            stopper.join(0.005)
 
 
 def _unreadable(error: Exception) -> bool:
     """Whether librealsense failed to read a recording's file (not to find its streams)."""
     return any(sign in str(error) for sign in ("SQLite", "malformed", "Failed to open",
                                                "Failed to create", "Invalid file format"))
+
+
+def _frames(frame) -> list:
+    """The frames a read gave: a frameset's, or the one frame."""
+    return list(frame.as_frameset()) if frame.is_frameset() else [frame]
 
 
 def _domain(frame) -> str:
