@@ -175,6 +175,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _weights(text: str) -> dict[str, float]:
+    """``name=weight,...`` as a mapping (argparse type)."""
+    weights = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got {item!r}")
+    return weights
+
+
 def cmd_expert(args: argparse.Namespace) -> int:
     """Run the scripted expert over seeds and print its success rate per task."""
     from failrecov_ros.sim.expert import run_expert
@@ -233,7 +247,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     try:
         given = {"hold_s": args.hold_s, "none_keep": args.none_keep,
-                 "image_size": args.image_size, "tasks": tuple(args.task) or None}
+                 "image_size": args.image_size, "tasks": tuple(args.task) or None,
+                 "weak_close_mode": args.weak_close, "faults": args.fault_weights}
         config = CollectConfig(seed=args.seed,
                                **{k: v for k, v in given.items() if v is not None})
         library = args.task_library or str(_share_dir() / "config" / "skills" / "tasks.yaml")
@@ -481,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-s", type=float, help="seconds recorded after the runner ends")
     p.add_argument("--none-keep", type=float, help="fraction of nominal windows written")
     p.add_argument("--image-size", type=_positive_int, help="stored frame size (px)")
+    p.add_argument("--weak-close", choices=["force", "closure", "both"],
+                   help="how weak_close is injected (default force: a weak grip; closure: the "
+                   "fingers stop short, as in the demo suite)")
+    p.add_argument("--fault-weights", type=_weights, metavar="FAULT=W,...",
+                   help="relative weights of none, pose_offset, force_open, weak_close "
+                   "(default 0.25, 0.35, 0.2, 0.2)")
     p.add_argument("--task-library", help="executor task library (default: the installed "
                    "config/skills/tasks.yaml)")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")

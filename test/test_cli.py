@@ -54,3 +54,17 @@ def test_expert_command_reports_rates_and_fails_below_the_requirement(capsys):
 def test_expert_command_rejects_unknown_tasks():
     with pytest.raises(SystemExit):
         main(["expert", "--task", "bogus"])
+
+
+def test_collect_takes_fault_weights_and_a_weak_close_mechanism(capsys):
+    from failrecov_ros.cli import build_parser
+
+    args = build_parser().parse_args(["collect", "--out", "x", "--episodes", "1",
+                                      "--weak-close", "closure", "--fault-weights",
+                                      "none=0.2,weak_close=0.8"])
+    assert args.weak_close == "closure"
+    assert args.fault_weights == {"none": 0.2, "weak_close": 0.8}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["collect", "--out", "x", "--episodes", "1",
+                                   "--fault-weights", "none:0.2"])
+    assert "expected NAME=WEIGHT, got 'none:0.2'" in capsys.readouterr().err

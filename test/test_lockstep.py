@@ -90,6 +90,27 @@ def _x_offset_seed() -> tuple[CollectConfig, float]:
     raise AssertionError("no x offset drawn in 50 seeds")
 
 
+def test_weak_close_is_injected_as_the_configured_mechanism():
+    def drawn(mode):
+        config = CollectConfig(seed=3, tasks=("pick_cube",), faults={"weak_close": 1.0},
+                               weak_close_mode=mode)
+        return [episode_spec(config, i).faults for i in range(12)]
+    assert all(f.weak_grasps == 0 and f.grasp_force_scale < 0.02 for f in drawn("force"))
+    assert all(f.weak_grasps == 1 and f.grasp_force_scale == 1.0 for f in drawn("closure"))
+    both = drawn("both")
+    assert {f.weak_grasps for f in both} == {0, 1}
+    with pytest.raises(ValueError, match="weak_close_mode"):
+        CollectConfig(weak_close_mode="gentle")
+
+
+def test_a_short_closure_leaves_the_cube_behind_while_the_executor_reports_success():
+    """The demo's weak_close: the gripper reports a grasp, the cube never leaves the table."""
+    recording = _session().run("pick_cube", 0, faults=Faults(weak_grasps=1))
+    assert recording.result.code is ResultCode.SUCCEEDED, recording.result.message
+    assert not recording.success_at_end["success"]
+    assert not recording.success_at_end["held"]
+
+
 def test_pose_offset_fails_the_grasp_and_is_labelled_translation_x(tmp_path):
     config, offset = _x_offset_seed()
     assert 0.03 <= abs(offset) <= 0.05

@@ -69,6 +69,7 @@ _LOG = logging.getLogger(__name__)
 GENERATOR = "closed_loop"
 FAULTS = ("none", "pose_offset", "force_open", "weak_close")
 GRASPING = ("pick_cube", "place_in_bowl", "stack_cube")
+WEAK_CLOSE_MODES = ("force", "closure", "both")
 _RUNNING = (State.RUNNING, State.RECOVERING)
 _PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)  # the supervisor stores frames; we key them by stamp
 
@@ -86,6 +87,10 @@ class CollectConfig:
     #: Of the nominal grasp force. The node's ~0.05 still lifts the cube in this simulator
     #: (0.02 and up succeed); at or below ~0.01 the cube stays on the table.
     weak_scale_range: tuple[float, float] = (0.003, 0.015)
+    #: How a weak_close is injected: "force" (a weak grip that lets the cube slip as the arm
+    #: lifts), "closure" (the fingers stop short of the cube, which stays on the table: the
+    #: demo suite's weak_close) or "both" (one or the other, drawn per episode).
+    weak_close_mode: str = "force"
     vary_scene: bool = True
     hold_s: float = 3.0  # the executor's hold after a failure (diagnosis_wait_s is 10)
     none_keep: float = 0.35  # fraction of nominal windows written
@@ -109,6 +114,9 @@ class CollectConfig:
         low, high = self.offset_range
         if not 0 < low <= high <= 0.2:
             raise ValueError(f"offset_range must be within (0, 0.2] m, got {self.offset_range}")
+        if self.weak_close_mode not in WEAK_CLOSE_MODES:
+            raise ValueError(f"weak_close_mode must be one of {', '.join(WEAK_CLOSE_MODES)}, "
+                             f"got {self.weak_close_mode!r}")
         low, high = self.weak_scale_range
         if not 0 <= low <= high <= 1:
             raise ValueError(f"weak_scale_range must be within [0, 1], got "
@@ -122,8 +130,8 @@ class CollectConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EpisodeSpec:
-    """Everything drawn for episode ``index`` before anything runs."""
+class CollectEpisode:
+    """Everything drawn for collected episode ``index`` before anything runs."""
 
     index: int
     task: str
@@ -140,7 +148,7 @@ class EpisodeSpec:
                    for k, v in dataclasses.asdict(self.faults).items()}}
 
 
-def episode_spec(config: CollectConfig, index: int) -> EpisodeSpec:
+def episode_spec(config: CollectConfig, index: int) -> CollectEpisode:
     """Draw episode ``index`` (task, scene, fault) deterministically."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 7]))
     task = config.tasks[index % len(config.tasks)]
@@ -164,11 +172,15 @@ def episode_spec(config: CollectConfig, index: int) -> EpisodeSpec:
     elif fault == "force_open":
         faults = Faults(close_failures=1)
     elif fault == "weak_close":
-        faults = Faults(grasp_force_scale=float(rng.uniform(*config.weak_scale_range)))
+        mode = config.weak_close_mode
+        if mode == "both":
+            mode = "closure" if rng.random() < 0.5 else "force"
+        faults = (Faults(weak_grasps=1) if mode == "closure" else
+                  Faults(grasp_force_scale=float(rng.uniform(*config.weak_scale_range))))
     else:
         faults = Faults()
-    return EpisodeSpec(index, task, seed, variation, fault, faults,
-                       int(rng.integers(0, 2**63 - 1)))
+    return CollectEpisode(index, task, seed, variation, fault, faults,
+                          int(rng.integers(0, 2**63 - 1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +239,7 @@ def _first(statuses, predicate) -> int | None:
     return next((s.stamp_ns for s in statuses if predicate(s)), None)
 
 
-def timeline(spec: EpisodeSpec, recording: Recording, lag_threshold: float) -> Timeline:
+def timeline(spec: CollectEpisode, recording: Recording, lag_threshold: float) -> Timeline:
     """Where the fault acts and shows in this recording (see the module docstring)."""
     result = recording.result
     failed = not (result.code is ResultCode.SUCCEEDED and recording.success_at_end["success"])
@@ -266,7 +278,7 @@ def _earliest(*stamps: int | None) -> int | None:
     return min(known) if known else None
 
 
-def failure_label(spec: EpisodeSpec, window: MonitorWindow, line: Timeline,
+def failure_label(spec: CollectEpisode, window: MonitorWindow, line: Timeline,
                   max_gripper_width: float) -> Diagnosis:
     """The injected fault's diagnosis for a window in which it shows."""
     task, instruction = window.context.task, window.context.instruction
@@ -329,7 +341,7 @@ class Collector:
         finally:
             recording.close()
 
-    def _rows(self, spec: EpisodeSpec, recording: Recording) -> list[dict[str, Any]]:
+    def _rows(self, spec: CollectEpisode, recording: Recording) -> list[dict[str, Any]]:
         cfg = self.config
         line = timeline(spec, recording, cfg.lag_threshold)
         rng = np.random.default_rng(spec.rng_state)
