@@ -13,7 +13,10 @@ recorded on wall time with sim-time stamps still replays sensibly). The model is
 taking ``latency_s`` of that clock per window (default 0: it keeps up, and the run is
 deterministic); ``latency_s=None`` uses each call's measured latency, so a slow model
 supersedes and drops windows exactly as it would live. Replay itself runs as fast as the
-model allows.
+model allows: with a fixed latency the windows do not depend on the model's answers, so a
+helper process reads, decodes and windows the bag (and applies a model's ``frame_transform``,
+e.g. the compact model's shrinking) while the model works on the previous window
+(``ReplayOptions.read_ahead``; the same windows and diagnoses as reading inline).
 
 Departures from live, on purpose: a bag without ``skill_status`` but with the data engine's
 ``task_instruction`` topic gives the monitor that instruction (live, only the executor
@@ -31,10 +34,14 @@ import collections
 import dataclasses
 import functools
 import json
-import queue
+import multiprocessing
+import multiprocessing.util
+import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +62,7 @@ from failrecov_ros.datagen.bags import (
     message_typestore,
 )
 from failrecov_ros.evaluation import metrics
-from failrecov_ros.models.base import DiagnosisModel, diagnose
+from failrecov_ros.models.base import DiagnosisModel, Window, diagnose
 from failrecov_ros.monitor.supervisor import NS, SkillContext, Supervisor, TriggerConfig
 
 #: Where the data engine and our tests put the episode label (std_msgs/String JSON).
@@ -91,6 +98,9 @@ class ReplayOptions:
     #: arrows with the bag's camera_info; None: corrections are captions only.
     camera_from_base: tuple[float, ...] | None = None
     metres_per_bin: float = 0.01  # Dream2Fix directive step, as the monitor's parameter
+    #: Read, decode and window bags in a helper process while the model runs (when latency_s
+    #: is fixed and there are two CPUs; the same windows and diagnoses as reading inline).
+    read_ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.robot not in ("fr3", "stretch"):
@@ -326,16 +336,28 @@ def replay_bag(path: str | Path, model: DiagnosisModel, options: ReplayOptions =
                = None) -> EpisodeResult:
     """Replay one bag; raises BagError (naming the file) when it cannot be read to the end.
 
-    ``label`` (a sidecar entry) overrides a label topic in the bag.
+    ``label`` (a sidecar entry) overrides a label topic in the bag. With ``options.read_ahead``
+    (and a fixed ``latency_s``, the default supervisor, two CPUs) a helper process reads,
+    decodes and windows the bag while ``model`` runs here: the windows are those of an inline
+    replay, since with a fixed latency they do not depend on the model's answers.
     """
     bag = _bag_path(Path(path))
     result = EpisodeResult(bag=str(path), name=bag_name(path), label=label,
                            min_confidence=options.min_confidence)
     supervisor = (supervisor_factory or functools.partial(make_supervisor, options))()
+    scorer = _Scorer(model, options, result, supervisor)
     started = time.perf_counter()
     try:
-        with AnyReader([bag], default_typestore=message_typestore()) as reader:
-            _Replayer(reader, bag, model, options, supervisor, result).run()
+        ahead = (_claim_read_ahead() if supervisor_factory is None and _reads_ahead(options)
+                 else None)
+        if ahead is not None:
+            try:
+                ahead.replay(bag, options, scorer)
+            finally:
+                _READ_AHEAD_LOCK.release()
+        else:
+            with AnyReader([bag], default_typestore=message_typestore()) as reader:
+                _Replayer(reader, bag, options, supervisor, result, scorer.score).run()
     except BagError:
         raise
     except _READ_ERRORS as err:
@@ -368,28 +390,39 @@ def make_supervisor(options: ReplayOptions) -> Supervisor:
                                         _kinematics_joints(options.robot)], robot.gripper_width)
 
 
-class _Replayer:
-    """One pass over a bag: deliver messages as the node's callbacks would, run the model."""
+#: What replaying does with a window: (window, its newest frame as delivered or None) ->
+#: seconds of bag clock the model takes for it.
+Score = Callable[[Window, "np.ndarray | None"], float]
 
-    def __init__(self, reader: AnyReader, bag: Path, model: DiagnosisModel,
-                 options: ReplayOptions, supervisor: Supervisor, result: EpisodeResult):
-        self.reader, self.bag, self.model = reader, bag, model
+
+class _Replayer:
+    """One pass over a bag: deliver messages as the node's callbacks would, score windows."""
+
+    def __init__(self, reader: AnyReader, bag: Path, options: ReplayOptions,
+                 supervisor: Supervisor, result: EpisodeResult, score: Score,
+                 stop: Callable[[], bool] | None = None):
+        self.reader, self.bag, self.score, self.stop = reader, bag, score, stop
         self.options, self.supervisor, self.result = options, supervisor, result
         self.topics = _Topics(reader, bag, options.topics)
         self.offset_ns: int | None = None   # header stamp - log time, from the first frame
         self.busy_until: int | None = None  # stamp clock: when the model is free again
         self.pending = False
         self.recent: collections.deque = collections.deque(maxlen=options.trigger.window_frames)
-        self.first_alarm_stamp: int | None = None
         self.label_from_bag: Label | None = None
 
     def _decoded(self):
+        role, stop = self.topics.role, self.stop
         for conn, log_ns, raw in self.reader.messages(self.topics.connections):
-            yield self.topics.role[conn.topic], log_ns, self.reader.deserialize(raw, conn.msgtype)
+            if stop is not None and stop():
+                raise _CancelledError
+            # A memoryview: deserialising then slices it instead of copying the CDR payload,
+            # so an image's pixels are read where the bag reader put them.
+            yield role[conn.topic], log_ns, self.reader.deserialize(memoryview(raw),
+                                                                    conn.msgtype)
 
     def run(self) -> None:
         last_now = None
-        for role, log_ns, msg in _prefetched(self._decoded()):
+        for role, log_ns, msg in self._decoded():
             now = log_ns + (self.offset_ns or 0)
             if self.pending and self.busy_until is not None and self.busy_until <= now:
                 self._analyse(self.busy_until)  # the model freed up between two messages
@@ -463,15 +496,28 @@ class _Replayer:
         window = self.supervisor.take_pending(now_ns)
         if window is None:
             return
+        frame = next((rgb for stamp, rgb in reversed(self.recent) if stamp == window.stamps_ns[-1]),
+                     None)
+        latency = self.score(window, frame)
+        self.busy_until = now_ns + round(latency * NS)
+
+
+class _Scorer:
+    """The model's side of a replay: diagnose windows, count them, keep frames for the report."""
+
+    def __init__(self, model: DiagnosisModel, options: ReplayOptions, result: EpisodeResult,
+                 supervisor: Supervisor):
+        self.model, self.options, self.result, self.supervisor = model, options, result, supervisor
+        self.first_alarm_stamp: int | None = None
+
+    def score(self, window: Window, frame: np.ndarray | None) -> float:
+        """Diagnose ``window``; returns the bag-clock seconds the model is charged for it."""
         diagnosis = diagnose(self.model, window)
         self.supervisor.record(diagnosis)
         latency = diagnosis.latency_s if self.options.latency_s is None else self.options.latency_s
-        self.busy_until = now_ns + round(latency * NS)
         self.result.diagnoses.append(diagnosis)
-        frame = next((rgb for stamp, rgb in reversed(self.recent) if stamp == window.stamps_ns[-1]),
-                     None)
         if frame is None:
-            return
+            return latency
         alarm = metrics.is_alarm(diagnosis, self.options.min_confidence)
         keep = {diagnosis.stamp_ns}
         if self.first_alarm_stamp is None and alarm:
@@ -485,51 +531,376 @@ class _Replayer:
         for stamp in [s for s in frames if s not in keep]:
             del frames[stamp]
             joints.pop(stamp, None)
-
-
-def _prefetched(items: Iterable, depth: int = 64):
-    """``items`` produced by a worker thread, in order, ``depth`` ahead of the consumer.
-
-    Reading and deserialising (Python, holds the GIL) then overlaps inference (torch releases
-    it), which on two cores nearly hides the bag's cost; the order, and so the result, is the
-    same as a plain loop. Exceptions reach the consumer at the position they happened.
-    """
-    done = object()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, re-raised there
-            slots.put((done, err))
-
-    worker = threading.Thread(target=produce, name="bag-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)
+        return latency
 
 
 def _stamp_ns(stamp) -> int:
     return int(stamp.sec) * NS + int(stamp.nanosec)
+
+
+# --- read-ahead: the bag side of a replay in its own process --------------------------------
+# Reading and deserialising a bag is Python that holds the GIL, so a thread cannot overlap it
+# with the model; a process can. The reader process runs the same _Replayer up to the model and
+# sends each window here. A model with a ``frame_transform`` (the compact one: crop + shrink)
+# may get the window's frames transformed there (small, through the pipe, see _Shipper);
+# otherwise they come whole, through shared memory (_RING_SLOTS slots sized for the bag's
+# images), as does the frame kept for the report. This process copies arrays out of a slot
+# at once and frees it, so a model may keep what it is given.
+_RING_SLOTS = 4
+#: Where a model's frame_transform runs: "auto" (reader while this process is busy, else the
+#: model), "always" (reader) or "never" (model); tests pin it.
+_TRANSFORM_AHEAD = "auto"
+_STAT_FIELDS = ("frames", "rejected_frames", "buffer_resets", "triggered", "superseded",
+                "dropped_stale", "last_frame_stamp_ns")
+_READ_AHEAD: _ReadAhead | None = None
+_READ_AHEAD_LOCK = threading.Lock()
+
+
+class _CancelledError(Exception):
+    """The replaying process gave up on the bag (its own error, an interrupt)."""
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _reads_ahead(options: ReplayOptions) -> bool:
+    """Whether this replay may use the reader process (see :attr:`ReplayOptions.read_ahead`)."""
+    return options.read_ahead and options.latency_s is not None and _cpus() >= 2
+
+
+def _frame_transform(model: DiagnosisModel) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The model's ``frame_transform`` if it has one that can be sent to another process.
+
+    A model may offer one: a picklable function that its ``predict`` applies to every frame
+    before anything else, such that predicting on frames it returned gives the same output.
+    """
+    transform = getattr(model, "frame_transform", None)
+    if transform is None:
+        return None
+    try:
+        pickle.dumps(transform)
+    except Exception:  # noqa: BLE001 - not picklable (a lambda, a bound method of a net)
+        return None
+    return transform
+
+
+def _read_ahead() -> _ReadAhead:
+    """This process's reader process, started on first use (and again if it died)."""
+    global _READ_AHEAD
+    if _READ_AHEAD is None or not _READ_AHEAD.usable():
+        if _READ_AHEAD is not None:
+            _READ_AHEAD.close()
+        _READ_AHEAD = _ReadAhead()
+    return _READ_AHEAD
+
+
+def _claim_read_ahead() -> _ReadAhead | None:
+    """The reader process, locked for one replay; None if busy or impossible (read inline).
+
+    Busy: another thread replays with it. Impossible: no process can be started here.
+    """
+    if not _READ_AHEAD_LOCK.acquire(blocking=False):
+        return None
+    try:
+        return _read_ahead()
+    except OSError:
+        _READ_AHEAD_LOCK.release()
+        return None
+    except BaseException:
+        _READ_AHEAD_LOCK.release()
+        raise
+
+
+def start_read_ahead() -> None:
+    """Start the reader process now (it takes a moment), e.g. while a model loads."""
+    with _READ_AHEAD_LOCK:
+        _read_ahead()
+
+
+def stop_read_ahead() -> None:
+    """Stop the reader process, if one runs (also done at exit)."""
+    global _READ_AHEAD
+    with _READ_AHEAD_LOCK:
+        if _READ_AHEAD is not None:
+            _READ_AHEAD.close()
+            _READ_AHEAD = None
+
+
+# Before multiprocessing ends its daemonic children at exit (also in a pool worker, where atexit
+# does not run), so that the reader removes its shared memory itself.
+multiprocessing.util.Finalize(None, stop_read_ahead, exitpriority=10)
+
+
+class _ReadAhead:
+    """The replaying process's end of a reader process."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")  # never fork a process holding torch
+        self.conn, child = context.Pipe()
+        self.free = context.Semaphore(_RING_SLOTS)
+        self.taken = context.Value("q", 0, lock=False)  # windows received here (one writer)
+        self.cancel = context.Event()
+        self.process = context.Process(target=_reader_main, name="failrecov-bag-reader",
+                                       args=(child, self.free, self.taken, self.cancel),
+                                       daemon=True)
+        self.process.start()
+        child.close()
+        self.owner = os.getpid()
+        self.ring: shared_memory.SharedMemory | None = None
+        self.slot_bytes = 0
+        self.broken = False
+
+    def usable(self) -> bool:
+        return not self.broken and self.owner == os.getpid() and self.process.is_alive()
+
+    def replay(self, bag: Path, options: ReplayOptions, scorer: _Scorer) -> None:
+        """Replay ``bag`` there, score its windows here; raises what the reader raised."""
+        request = (str(bag), options, scorer.result.name, _frame_transform(scorer.model),
+                   _TRANSFORM_AHEAD)
+        try:
+            self.conn.send(request)  # (what cannot be pickled raises before anything is sent)
+        except OSError as err:
+            self.broken = True
+            raise RuntimeError(f"the bag reader process is gone ({err})") from None
+        finished = False
+        try:
+            while True:
+                kind, body = self._receive()
+                if kind == "window":
+                    self.taken.value += 1
+                    fields, frames, report = body
+                    frames = self._take(frames)
+                    report = (frames[-1].copy() if isinstance(report, str)
+                              else self._take(report))
+                    scorer.score(Window(frames=frames, **fields), report)
+                elif kind == "ring":
+                    self._attach(*body)
+                elif kind == "done":
+                    finished = True
+                    self._finish(body, scorer)
+                    return
+                else:  # "error"
+                    finished = True
+                    raise body
+        finally:
+            if not finished:
+                self._abandon()
+
+    def _receive(self) -> tuple[str, Any]:
+        while not self.conn.poll(1.0):
+            if not self.process.is_alive():
+                self.broken = True
+                raise RuntimeError(f"the bag reader process exited (code "
+                                   f"{self.process.exitcode})")
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.broken = True
+            raise RuntimeError("the bag reader process exited") from None
+
+    def _attach(self, name: str, slot_bytes: int) -> None:
+        if self.ring is not None:
+            self.ring.close()
+        self.ring, self.slot_bytes = shared_memory.SharedMemory(name=name), slot_bytes
+
+    def _take(self, item: Any) -> Any:
+        """An array the reader sent: inline, or copied out of its slot (freed)."""
+        if not isinstance(item, _InSlot):
+            return item
+        view = np.ndarray(item.shape, np.uint8, self.ring.buf, item.slot * self.slot_bytes)
+        array = view.copy()
+        del view  # the ring can only be closed without views on it
+        self.free.release()
+        return array
+
+    def _finish(self, summary: dict[str, Any], scorer: _Scorer) -> None:
+        result, stats = scorer.result, scorer.supervisor.stats
+        for name in ("frames", "first_frame_ns", "last_frame_ns", "intrinsics"):
+            setattr(result, name, summary[name])
+        if result.label is None:
+            result.label = summary["label"]
+        for name in _STAT_FIELDS:
+            setattr(stats, name, summary["stats"][name])
+
+    def _abandon(self) -> None:
+        """Stop the reader on this bag and drain what it sent; kill it if that fails."""
+        try:
+            self.cancel.set()
+            while True:
+                kind, body = self._receive()
+                if kind == "window":
+                    self.taken.value += 1
+                    for item in body[1:]:
+                        if isinstance(item, _InSlot):
+                            self.free.release()
+                elif kind == "ring":
+                    self._attach(*body)
+                elif kind in ("done", "error"):
+                    break
+            self.cancel.clear()
+        except BaseException:
+            self.broken = True
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Ask the reader to exit (it removes the shared memory), or end it."""
+        if self.owner != os.getpid():
+            return
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.process.is_alive() and not self.broken:
+            try:
+                self.conn.send(None)
+                self.process.join(timeout=5)
+            except (OSError, ValueError):
+                pass
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _InSlot:
+    """A uint8 array of ``shape`` in slot ``slot`` of the shared ring."""
+
+    slot: int
+    shape: tuple[int, ...]
+
+
+class _Shipper:
+    """The reader process's side: each window goes to the replaying process, in order.
+
+    With a model's frame transform, a window is transformed here while the replaying process
+    still has an earlier one waiting ("auto"; the two processes then share the work whatever
+    else loads the machine), otherwise sent whole for the model to transform itself: the same
+    output either way.
+    """
+
+    def __init__(self, conn, free, taken):
+        self.conn, self.free, self.taken = conn, free, taken
+        self.ring: shared_memory.SharedMemory | None = None
+        self.slot_bytes = 0
+        self.next_slot = 0
+        self.sent = 0  # windows sent, to compare with ``taken`` (the replaying side's count)
+        self.options, self.transform, self.mode = ReplayOptions(), None, "auto"
+        self.transformed: collections.OrderedDict = collections.OrderedDict()
+
+    def start_bag(self, options: ReplayOptions, transform, mode: str) -> None:
+        self.options, self.transform, self.mode = options, transform, mode
+        self.transformed.clear()
+
+    def ship(self, window: Window, frame: np.ndarray | None) -> float:
+        """Send ``window`` (and the frame for the report); the model's time is the fixed one."""
+        fields = {f.name: getattr(window, f.name) for f in dataclasses.fields(window)
+                  if f.name != "frames"}
+        frames, report = window.frames, frame
+        transform = self.transform is not None and (
+            self.mode == "always" or (self.mode == "auto" and self.sent > self.taken.value))
+        if transform:
+            frames = np.stack([self._transformed(s, f) for s, f in zip(window.stamps_ns, frames,
+                                                                         strict=True)])
+            need = 0 if frame is None else frame.nbytes
+        else:
+            if frame is not None and np.array_equal(frame, frames[-1]):
+                report = "last"  # the replaying process takes the window's newest frame
+            need = max(frames.nbytes, self.options.trigger.window_frames * frames[:1].nbytes)
+        if need > self.slot_bytes:
+            self._grow(need)
+        if not transform:
+            frames = self._put(frames)
+        if isinstance(report, np.ndarray):
+            report = self._put(report)
+        self.conn.send(("window", (fields, frames, report)))
+        self.sent += 1
+        return self.options.latency_s
+
+    def _transformed(self, stamp: int, frame: np.ndarray) -> np.ndarray:
+        # as the compact model caches its resized frames: windows may overlap
+        key = (stamp, frame.shape, hash(frame[::31, ::29].tobytes()))
+        out = self.transformed.get(key)
+        if out is None:
+            out = self.transformed[key] = self.transform(frame)
+            while len(self.transformed) > 4 * self.options.trigger.window_frames:
+                self.transformed.popitem(last=False)
+        return out
+
+    def _put(self, array: np.ndarray) -> Any:
+        if array.dtype != np.uint8 or array.nbytes > self.slot_bytes:
+            return array  # inline (an image larger than the bag's first ones)
+        self.free.acquire()
+        slot = self.next_slot
+        self.next_slot = (slot + 1) % _RING_SLOTS
+        view = np.ndarray(array.shape, np.uint8, self.ring.buf, slot * self.slot_bytes)
+        view[...] = array
+        del view
+        return _InSlot(slot, array.shape)
+
+    def _grow(self, slot_bytes: int) -> None:
+        for _ in range(_RING_SLOTS):  # every slot back: nothing is read from the old ring
+            self.free.acquire()
+        old, self.ring = self.ring, shared_memory.SharedMemory(create=True,
+                                                               size=slot_bytes * _RING_SLOTS)
+        self.slot_bytes, self.next_slot = slot_bytes, 0
+        self.conn.send(("ring", (self.ring.name, slot_bytes)))
+        if old is not None:
+            old.close()
+            old.unlink()
+        for _ in range(_RING_SLOTS):
+            self.free.release()
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring.unlink()
+            self.ring = None
+
+
+def _picklable(err: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any failure to round-trip: send the text instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _reader_main(conn, free, taken, cancel) -> None:
+    """The reader process: replay each requested bag up to the model, until told to stop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replaying process decides
+    shipper: _Shipper | None = None
+    try:
+        while (request := conn.recv()) is not None:
+            bag, options, name, transform, mode = request
+            shipper = shipper or _Shipper(conn, free, taken)
+            shipper.start_bag(options, transform, mode)
+            result = EpisodeResult(bag=bag, name=name, min_confidence=options.min_confidence)
+            supervisor = make_supervisor(options)
+            try:
+                with AnyReader([Path(bag)], default_typestore=message_typestore()) as reader:
+                    _Replayer(reader, Path(bag), options, supervisor, result, shipper.ship,
+                              cancel.is_set).run()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the replaying process
+                conn.send(("error", _picklable(err)))
+                continue
+            stats = supervisor.stats
+            conn.send(("done", {
+                "frames": result.frames, "first_frame_ns": result.first_frame_ns,
+                "last_frame_ns": result.last_frame_ns, "intrinsics": result.intrinsics,
+                "label": result.label,
+                "stats": {name: getattr(stats, name) for name in _STAT_FIELDS}}))
+    except (EOFError, OSError):
+        pass  # the replaying process is gone
+    finally:
+        if shipper is not None:
+            shipper.close()
 
 
 def replay_bags(paths: Iterable[str | Path], model: DiagnosisModel,
@@ -610,17 +981,21 @@ def replay_bags_parallel(paths: Sequence[str | Path], load: Callable[[], Diagnos
 
     ``load`` must be picklable (e.g. ``functools.partial(load_model, spec)``). Each bag is
     replayed whole by one process, so results equal a sequential run; they come back in the
-    order of ``paths``. Worth it for many bags: each worker pays the model's start-up.
+    order of ``paths``. Worth it for many bags: each worker pays the model's start-up. Workers
+    read ahead (``options.read_ahead``) only where there are two CPUs for each.
     """
     import concurrent.futures
-    import multiprocessing
 
     if workers <= 1:
+        if _reads_ahead(options):
+            start_read_ahead()  # the reader process starts while the model loads
         model = load()
         try:
             return replay_bags(paths, model, options, labels, progress)
         finally:
             model.close()
+    options = dataclasses.replace(options, read_ahead=options.read_ahead
+                                  and _cpus() >= 2 * workers)
     context = multiprocessing.get_context("spawn")  # never fork a process holding torch threads
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
                                                 initializer=_worker_init,

@@ -11,9 +11,11 @@ task as an embedding. Checkpoints are ``model.safetensors`` + ``config.json`` in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +307,16 @@ class CompactModel:
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``path``."""
         save(self.net, path)
+
+    @property
+    def frame_transform(self) -> Callable[[np.ndarray], np.ndarray]:
+        """What :meth:`predict` first does to every frame (crop, shrink), as a picklable function.
+
+        Predicting on frames it returned gives the same output (at the model's size the crop
+        and shrink leave a frame as it is), so a caller may apply it ahead, elsewhere: replay
+        does it in its bag-reading process.
+        """
+        return functools.partial(resize_frame, size=self.config.image_size)
 
     def _frame(self, stamp: int, frame: np.ndarray) -> np.ndarray:
         # The stamp alone is not an identity: a looped bag or a reset simulator repeats stamps
