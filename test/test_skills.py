@@ -361,6 +361,21 @@ def _diagnosis(stamp_ns=100, **fields):
     return Diagnosis(**values)
 
 
+def test_a_window_that_began_before_the_last_correction_is_stale():
+    """It ends after the correction but its first frames still show the undone failure."""
+    straddling = _diagnosis(stamp_ns=1_500, window_start_ns=500,
+                            failure_type=FailureType.FORCE_OPEN)
+    after = dataclasses.replace(straddling, window_start_ns=1_200)
+    common = dict(episode_id="ep", since_ns=0, enabled=True, threshold=0.5,
+                  budget=RetryBudget(2))
+    verdict = assess(straddling, window_since_ns=1_000, **common)
+    assert verdict.action is Action.IGNORE and "window began" in verdict.reason
+    assert assess(after, window_since_ns=1_000, **common).action is Action.TAKEOVER
+    # Without a window start (a model that gives none) the stamp stands for it.
+    assert assess(dataclasses.replace(straddling, window_start_ns=0), window_since_ns=1_000,
+                  **common).action is Action.TAKEOVER
+
+
 def test_a_stall_is_ignored_while_the_executor_drives_its_own_plan():
     stall = _diagnosis(failure_type=FailureType.STALL)
     planned = assess(stall, episode_id="ep", since_ns=50, enabled=True, threshold=0.5,

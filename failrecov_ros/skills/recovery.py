@@ -103,8 +103,13 @@ class RetryBudget:
 
 def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: bool,
            threshold: float, budget: RetryBudget, planned_motion: bool = False,
-           finger_gap: float | None = None) -> Assessment:
+           finger_gap: float | None = None, window_since_ns: int = 0) -> Assessment:
     """Decide what a diagnosis means for the running episode (pure; the reason says why).
+
+    ``since_ns``: a window ending before this is stale. ``window_since_ns`` (the episode's
+    start, then the last recovery's end): a window that began before it shows, in its first
+    frames, what came before, such as the failure a correction has just undone, so it is
+    stale too, however recently it ended.
 
     A diagnosis is checked against what the executor measures itself before it may take over:
     ``planned_motion``: the executor is driving (or holding) a motion it planned itself, not an
@@ -127,6 +132,11 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
                                          f"{(since_ns - d.stamp_ns) / 1e9:.2f} s before the "
                                          "current skill (less its grace) or the last recovery "
                                          "started")
+    begun = d.window_start_ns or d.stamp_ns
+    if begun < window_since_ns:
+        return Assessment(Action.IGNORE, f"ignored a stale diagnosis ({what}): its window began "
+                                         f"{(window_since_ns - begun) / 1e9:.2f} s before the "
+                                         "episode started or the last correction ended")
     if not d.failed:
         return Assessment(Action.IGNORE, "the monitor reports no failure")
     if d.confidence < threshold:

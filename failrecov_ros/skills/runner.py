@@ -740,6 +740,7 @@ class TaskRunner:
                 return
             verdict = assess(diagnosis, episode_id=self.request.episode_id,
                              since_ns=self._stale_before(),
+                             window_since_ns=self.hard_since_ns,
                              enabled=self.request.recovery_enabled,
                              threshold=self.config.recovery.confidence_threshold,
                              budget=self.budget, planned_motion=not self._in_policy_step,
