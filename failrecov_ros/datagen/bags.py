@@ -124,11 +124,10 @@ def find_bags(paths: Sequence[str | Path]) -> list[str]:
         if path.is_file() or (path / "metadata.yaml").exists():
             found.add(str(path.resolve()))
             continue
+        # Storage files directly inside count too: a killed recorder leaves no metadata.yaml.
         children = [c for c in sorted(path.iterdir()) if not c.name.startswith(".") and (
             (c.is_dir() and (c / "metadata.yaml").exists())
             or c.suffix in (".mcap", ".db3"))]
-        if not children and list(path.glob("*.mcap")) + list(path.glob("*.db3")):
-            children = [path]  # a killed recorder's folder: its one storage file
         if not children:
             raise BagError(f"{path} holds no rosbag2 bag (folders with metadata.yaml, or "
                            ".mcap/.db3 files)")

@@ -442,7 +442,7 @@ class Engine:
 
     # --- success windows -----------------------------------------------------------------------
     def _success_sample(self, spec, context, rng) -> dict[str, Any]:
-        clean = context.clean or context.stream_rollout
+        clean = context.clean if context.clean is not None else context.stream_rollout
         n = self.config.window_frames
         end = int(rng.integers(n - 1, len(clean.times)))
         stage = (context.clean.stage_at(end) if context.clean is not None

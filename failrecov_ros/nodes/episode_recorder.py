@@ -90,14 +90,10 @@ class EpisodeRecorder(Node):
                               if success_service else None)
         (self.output_dir / RECORDING_DIR).mkdir(parents=True, exist_ok=True)
         self.topics: dict[str, tuple[str, bool]] = {}  # resolved name -> (type, rate-limited)
+        camera_qos = sensor_qos(depth=2, reliability=reliability)
         streams = [(t, JointState, sensor_qos(depth=50), False) for t in joint_topics]
-        streams.append((image_topic, Image, sensor_qos(depth=2, reliability=reliability), True))
-        if info_topic:
-            streams.append((info_topic, CameraInfo, sensor_qos(depth=2, reliability=reliability),
-                            True))
-        if depth_topic:
-            streams.append((depth_topic, Image, sensor_qos(depth=2, reliability=reliability),
-                            True))
+        streams += [(topic, msg_type, camera_qos, True) for topic, msg_type in (
+            (image_topic, Image), (info_topic, CameraInfo), (depth_topic, Image)) if topic]
         resolved: dict[str, str] = {}
         for topic, msg_type, qos, limited in streams:
             sub = self.create_subscription(
@@ -218,10 +214,13 @@ class EpisodeRecorder(Node):
                 "topics": sorted(bag.last_write_ns),
                 "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
 
+    def _write_sidecar(self, bag: _Bag, outcome: str, reason: str, duration: float) -> None:
+        (bag.path / DEMONSTRATION_FILE).write_text(yaml.safe_dump(
+            self._sidecar(bag, outcome, reason, duration), sort_keys=False))
+
     def _keep(self, bag: _Bag, reason: str, duration: float) -> None:
         final = self.output_dir / bag.path.name
-        (bag.path / DEMONSTRATION_FILE).write_text(yaml.safe_dump(
-            self._sidecar(bag, "demonstration", reason, duration), sort_keys=False))
+        self._write_sidecar(bag, "demonstration", reason, duration)
         bag.path.rename(final)
         self.kept += 1
         self.get_logger().info(f"kept demonstration {final} ({duration:.1f} s, "
@@ -231,8 +230,7 @@ class EpisodeRecorder(Node):
     def _discard(self, bag: _Bag, reason: str, duration: float = 0.0) -> None:
         self.rejected += 1
         if self.keep_rejected and bag.path.exists():
-            (bag.path / DEMONSTRATION_FILE).write_text(yaml.safe_dump(
-                self._sidecar(bag, "rejected", reason, duration), sort_keys=False))
+            self._write_sidecar(bag, "rejected", reason, duration)
             target = self.output_dir / REJECTED_DIR / bag.path.name
             target.parent.mkdir(exist_ok=True)
             bag.path.rename(target)
@@ -246,9 +244,8 @@ class EpisodeRecorder(Node):
         for cut in self.cutter.close():
             self._end(cut)
         for bag in self.pending:
-            (bag.path / DEMONSTRATION_FILE).write_text(yaml.safe_dump(
-                self._sidecar(bag, "unconfirmed", "shut down before the success check "
-                              "answered", 0.0), sort_keys=False))
+            self._write_sidecar(bag, "unconfirmed", "shut down before the success check answered",
+                                0.0)
             self.get_logger().warning(f"{bag.path}: the success check never answered; the bag "
                                       "stays there, unconfirmed")
 
