@@ -2,11 +2,13 @@
 
 A synthetic recording (librealsense software device + recorder, no camera) is played at its
 recorded rate through the installed ``realsense_camera`` node; this process subscribes to color
-and aligned depth like any consumer would. Latency is receive time minus header stamp (the stamp
-is the frame's device time mapped to ROS time, so it includes the node's alignment and
-publishing); CPU is the node process's user+system time over the measured pass, from /proc.
-The DDS write and receive times (rclpy MessageInfo) split it into the node's work, the transport
-and the subscriber's own scheduling. Drops are counted against every recorded frame: each
+and aligned depth like any consumer would. Transport latency, which the goal is stated in,
+runs from the node's DDS write to this subscriber's Python callback (the write time is the
+rclpy MessageInfo source timestamp); the DDS receive time splits it into the middleware's part
+and the subscriber's own scheduling. End-to-end latency runs from the header stamp (the
+frame's device time mapped to ROS time) to the callback, so it adds the node's alignment,
+conversion and publishing. CPU is the node process's user+system time over the measured pass,
+from /proc. Drops are counted against every recorded frame: each
 synthetic color image carries its index, so a frame lost while playback starts (before the first
 one published, which the node's own counter cannot see) counts like one lost mid-stream.
 Frames that were published but did not reach the callback are split with the DDS sequence
@@ -170,6 +172,7 @@ def measure(recording: str, frames: int, reliability: str, depth: int) -> dict:
             "stamp_ms": (color[:, 3] - color[:, 0]) / 1e6,
             "dds_ms": (color[:, 2] - color[:, 1]) / 1e6,
             "callback_ms": (color[:, 3] - color[:, 2]) / 1e6,
+            "transport_ms": (color[:, 3] - color[:, 1]) / 1e6,
             "node_latency_ms": (after["latency_median_ms"], after["latency_p95_ms"]),
             "node_cpu_percent": 100.0 * cpu / wall}
 
@@ -221,6 +224,7 @@ def main() -> int:
     at_end = recorded - 1 - figures["last"]
     mid_stream = lost - at_start - at_end
     stamp_ms, dds_ms, callback_ms = figures["stamp_ms"], figures["dds_ms"], figures["callback_ms"]
+    transport_ms = figures["transport_ms"]
     print(f"machine: {os.cpu_count()} CPUs, load average {load_start:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end; "
           f"ROS domain {domain}, QoS {args.reliability}, subscriber depth {args.depth}, "
@@ -243,11 +247,15 @@ def main() -> int:
           f"node's writer history before delivery), "
           f"{figures['sequence_holes'] - figures['dds_lost']} replaced in the subscriber's "
           f"history of {args.depth} (its executor fell behind)")
-    print(f"latency header stamp -> received: median {np.median(stamp_ms):.2f} ms, p95 "
-          f"{np.percentile(stamp_ms, 95):.2f} ms (goal median <= 5 ms; includes alignment)")
-    print(f"of which DDS write -> DDS receive: median {np.median(dds_ms):.2f} ms, p95 "
+    print(f"transport latency, node's DDS write -> subscriber's Python callback: median "
+          f"{np.median(transport_ms):.2f} ms, p95 {np.percentile(transport_ms, 95):.2f} ms "
+          f"(goal median <= 5 ms)")
+    print(f"  of which DDS write -> DDS receive: median {np.median(dds_ms):.2f} ms, p95 "
           f"{np.percentile(dds_ms, 95):.2f} ms; DDS receive -> Python callback: median "
           f"{np.median(callback_ms):.2f} ms, p95 {np.percentile(callback_ms, 95):.2f} ms")
+    print(f"end to end, header stamp (device time) -> callback: median "
+          f"{np.median(stamp_ms):.2f} ms, p95 {np.percentile(stamp_ms, 95):.2f} ms (adds the "
+          f"node's alignment, conversion and publishing)")
     node_median, node_p95 = figures["node_latency_ms"]
     print(f"node's own figure (/diagnostics, its 5 s window at the end): frame stamp -> "
           f"published: median {node_median} ms, p95 {node_p95} ms")

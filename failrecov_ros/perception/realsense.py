@@ -125,17 +125,41 @@ class DeviceInfo:
     to_depth: dict[str, Extrinsics]  # each stream's extrinsics to the depth sensor
 
 
+class Deferred:
+    """A value made on first use, which then lets go of what it was made from.
+
+    Alignment waits here: the node publishes color first, so color leaves without waiting
+    for it. librealsense frames belong to a small pool, so the camera makes any value still
+    pending at its next read rather than hold the frameset while the caller keeps the frame.
+    """
+
+    def __init__(self, make: Callable[[], np.ndarray]) -> None:
+        self._make: Callable[[], np.ndarray] | None = make
+        self._value: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        """The value, made now if it is not yet."""
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+
 @dataclasses.dataclass(frozen=True)
 class RgbdFrame:
     """One frameset: color, depth and depth aligned to color (None when alignment is off)."""
 
     color: np.ndarray
     depth_mm: np.ndarray
-    aligned_depth_mm: np.ndarray | None
     timestamp_ms: float  # the color frame's, in ``domain``
     depth_timestamp_ms: float
     domain: str
     frame_number: int  # the color frame's
+    aligned: Deferred | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def aligned_depth_mm(self) -> np.ndarray | None:
+        """Depth registered to the color camera (millimetres), or None without alignment."""
+        return None if self.aligned is None else self.aligned.get()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +341,7 @@ class RealSenseCamera:
             self.close()
             raise
         self._align = rs.align(rs.stream.color) if config.align_depth else None
+        self._unaligned: Deferred | None = None
         # Color and depth further apart than half a frame are not one moment: never paired.
         self._max_skew_ms = 500.0 / max(color_fps, 1)
         self._last_color_number: int | None = None
@@ -374,6 +399,9 @@ class RealSenseCamera:
 
         A recording played at its recorded rate gives each frame at its recorded time.
         """
+        if self._unaligned is not None:  # the last frameset goes back to librealsense's pool
+            self._unaligned.get()
+            self._unaligned = None
         if self._pending is None:
             timeout_ms = max(1, int(timeout_s * 1000))
             source = (self._syncer.try_wait_for_frames if self._syncer is not None
@@ -412,12 +440,14 @@ class RealSenseCamera:
         if self._align is not None:
             frameset = (frameset.as_frameset() if frameset is not None
                         else self._compose(color, depth))
-            aligned = self._depth_mm(self._align.process(frameset).get_depth_frame())
+            aligned = Deferred(lambda: self._depth_mm(
+                self._align.process(frameset).get_depth_frame()))
+            self._unaligned = aligned
         return Capture(RgbdFrame(
             color=np.asanyarray(color.get_data()).copy(), depth_mm=self._depth_mm(depth),
-            aligned_depth_mm=aligned, timestamp_ms=float(color.get_timestamp()),
+            timestamp_ms=float(color.get_timestamp()),
             depth_timestamp_ms=float(depth.get_timestamp()), domain=_domain(color),
-            frame_number=int(color.get_frame_number())), motion)
+            frame_number=int(color.get_frame_number()), aligned=aligned), motion)
 
     def _pair_lone(self, frame) -> tuple:
         """(color, depth) of a frame that came alone and the lone one before it, if one moment.
@@ -464,7 +494,7 @@ class RealSenseCamera:
 
     def close(self) -> None:
         """Stop streaming (the device is free for the next connection)."""
-        self._pending = self._lone = None
+        self._pending = self._lone = self._unaligned = None
         if self._syncer is None:
             try:
                 self._pipeline.stop()
