@@ -86,6 +86,29 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert model.predict(window) == loaded.predict(window)
 
 
+def test_folding_batch_norms_keeps_every_head_output():
+    torch.manual_seed(3)
+    net = CompactNet(CONFIG).eval()
+    for module in net.modules():  # statistics as after training, not the identity defaults
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.3, 0.3)
+    folded = compact.folded_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # left as trained
+    window = _window()
+    frames = np.stack([compact.resize_frame(f, CONFIG.image_size) for f in window.frames])
+    state = compact.state_matrix(window.joint_positions, window.gripper_width, 4, 7)
+    batch = compact.prepare_batch(CONFIG, frames[None], state[None], [window.instruction],
+                                  [window.task])
+    with torch.inference_mode():
+        expected, got = net(**batch), folded(**batch)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
 def test_the_shipped_checkpoint_loads_and_diagnoses():
     folder = Path(__file__).resolve().parents[1] / "checkpoints" / "compact"
     model = CompactModel.load(folder)

@@ -310,8 +310,8 @@ def _initial(path: str, samples: Samples, trained_on: str) -> CompactNet:
 
 
 def predict(net: CompactNet, samples: Samples, batch_size: int = 64) -> list[Diagnosis]:
-    """Validated diagnoses for every sample (the runtime's decoder and validator)."""
-    net.eval()
+    """Validated diagnoses for every sample (the runtime's network, decoder and validator)."""
+    net = compact.folded_for_inference(net)
     out = []
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
