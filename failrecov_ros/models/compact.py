@@ -187,12 +187,11 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     h, w = frame.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = np.ascontiguousarray(frame[top:top + side, left:left + side])
     if side == size:
-        return square
-    image = Image.fromarray(square)
-    if side // size >= 2:
-        image = image.reduce(side // size)
+        return np.ascontiguousarray(frame[top:top + side, left:left + side])
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    box = (left, top, left + side, top + side)  # reduce() crops as it shrinks: no crop copy
+    image = image.reduce(side // size, box=box) if side // size >= 2 else image.crop(box)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image)
