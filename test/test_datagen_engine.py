@@ -1,5 +1,6 @@
 """Data engine: operators, labels, verifiers, determinism, kill -9 resume, recorded bags."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from failrecov_ros.datagen import actions
 from failrecov_ros.datagen.bags import read_demonstration, write_episode_bag
 from failrecov_ros.datagen.config import DatagenConfig, from_dict, load
 from failrecov_ros.datagen.engine import (
+    BRANCH_MARGIN,
     AttemptSpec,
     Engine,
     attempt_spec,
@@ -30,7 +32,7 @@ from failrecov_ros.datagen.recorded import stream_from_demonstration, task_from_
 from failrecov_ros.datagen.runner import generate
 from failrecov_ros.datagen.world_model import PhysicsWorldModel
 from failrecov_ros.robots import fr3
-from failrecov_ros.sim.expert import DOWN, run_expert
+from failrecov_ros.sim.expert import DOWN, ExpertRunner, Faults, run_expert
 from failrecov_ros.sim.scene import Simulation
 from failrecov_ros.sim.tasks import make_task
 
@@ -132,7 +134,8 @@ def test_failsafe_attempts_match_their_drawn_failure(index):
     elif spec.mode.startswith("rotation"):
         assert 0.15 <= max(map(abs, spec.parameters["rotation"])) <= 1.0
     else:
-        assert spec.mode == "stall" and 4.0 <= spec.parameters["stall_s"] <= 8.0
+        low, high = config.failsafe.stall_range_s
+        assert spec.mode == "stall" and low <= spec.parameters["stall_s"] <= high
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -256,6 +259,141 @@ def test_a_crashing_attempt_is_a_rejected_row(engine, monkeypatch):
     rows = engine.attempt(3)
     assert len(rows) == 1 and not rows[0]["accepted"]
     assert rows[0]["error"] == "RuntimeError: planted crash"
+
+
+# --- branching: a faulted run / perturbed rollout continues from the clean one's checkpoint ---
+def _same_states(a, b):
+    return len(a) == len(b) and all(
+        np.array_equal(x.integration, y.integration) and np.array_equal(x.forcerange, y.forcerange)
+        and np.array_equal(x.friction, y.friction) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def stacking():
+    """A clean stack_cube run kept with its states and checkpoints, and its simulation."""
+    task = make_task("stack_cube", 3)
+    sim = Simulation(task.scene)
+    sim.step(50)
+    clean = ExpertRunner(sim, task, keep_states=True).run()
+    assert clean.success
+    return task, sim, clean
+
+
+@pytest.mark.parametrize("faults", [
+    Faults(stage="place", translation=(0.05, 0.0, 0.0)),
+    Faults(stage="pre_grasp", rotation=(0.0, 0.0, 0.9)),
+    Faults(stage="transport", stall_s=2.0),
+    Faults(slip_stage="transport", slip_friction=0.004),
+    Faults(early_open_stage="lift", early_open_fraction=0.5),
+    Faults(skip_close=True),
+], ids=["translation", "rotation", "stall", "slip", "early_release", "force_open"])
+def test_a_branched_faulted_run_equals_one_from_the_start(stacking, faults):
+    task, sim, clean = stacking
+    segment = faults.first_segment(clean.plan)
+    assert 0 < segment < len(clean.plan)  # a real branch, past the start
+    sim.reset()
+    sim.step(50)
+    scratch = ExpertRunner(sim, task, faults, keep_states=True).run()
+    # Segment 1 starts on a recorded step with the first gripper command still scheduled.
+    every = round(1 / (clean.record_hz * sim.timestep))
+    assert clean.checkpoints[1].scheduled and clean.checkpoints[1].step % every == 0
+    for start in sorted({segment, 1}):
+        branched = ExpertRunner(sim, task, faults, keep_states=True).resume(clean, start)
+        for name in ("times", "arm_q", "arm_dq", "fingers", "tcp_position", "tcp_quat",
+                     "target_pose", "stage_index", "segment_index", "gripper_command"):
+            assert np.array_equal(getattr(branched, name), getattr(scratch, name)), name
+        assert branched.events == scratch.events and branched.details == scratch.details
+        assert branched.success == scratch.success and branched.timed_out == scratch.timed_out
+        assert _same_states(branched.states, scratch.states)
+    # ... and it is the faulted run, not the clean one: the prefix is shared, the rest is not
+    rows = clean.checkpoints[segment].rows
+    assert np.array_equal(branched.arm_q[:rows], clean.arm_q[:rows])
+    assert any(e["event"].startswith("fault_") for e in branched.events)
+    assert (len(branched.times) != len(clean.times)
+            or not np.array_equal(branched.target_pose, clean.target_pose))
+
+
+def test_faults_act_from_their_first_segment_only(stacking):
+    _, _, clean = stacking
+    stages = [s.stage for s in clean.plan]
+    assert Faults(stage="place", stall_s=1.0).first_segment(clean.plan) == stages.index("place")
+    assert Faults(slip_stage="lift").first_segment(clean.plan) == stages.index("lift")
+    close = next(i for i, s in enumerate(clean.plan) if s.keyframe == "close")
+    assert Faults(close_delay_s=0.3).first_segment(clean.plan) == close
+    assert Faults().first_segment(clean.plan) == len(clean.plan)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ExpertRunner(stacking[1], stacking[0], Faults()).resume(
+            dataclasses.replace(clean, checkpoints={}), 2)
+
+
+def _same_rollouts(a, b):
+    for name in ("times", "arm_q", "gripper_width", "tcp_position", "tcp_quat", "target_pose",
+                 "closure"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.success == b.success and a.details == b.details and a.ik_failures == b.ik_failures
+    assert _same_states(a.states, b.states)
+
+
+@pytest.mark.parametrize("operator, parameters", [
+    ("delay_close", {"delay": 16}), ("weak_close", {"scale": 0.01}), ("force_open", {}),
+    ("translation", {"offset": (0.0, 0.045)})])
+def test_a_branched_rollout_equals_one_from_the_start(demo, world, operator, parameters):
+    task, _, _, stream = demo
+    k = [k for k, kind in actions.keyframes(stream.closure) if kind == "close"][0]
+    at = k - 20 - BRANCH_MARGIN
+    assert at > 0
+    reference = world.rollout(task, stream, checkpoint_at=at)
+    assert reference.checkpoint.index == at
+    perturbed = actions.apply(stream, operator, k, 20, **parameters)
+    targets, _ = world.joint_targets(world._simulation_for(task), perturbed)
+    assert world._shares_prefix(reference.checkpoint, task, perturbed, targets)
+    _same_rollouts(world.rollout(task, perturbed, branch_from=reference),
+                   world.rollout(task, perturbed))
+    # A stream that differs before the checkpoint cannot branch and is replayed from the start.
+    early = perturbed.replace(closure=np.where(np.arange(len(stream)) == 1, 0.5,
+                                               perturbed.closure))
+    targets, _ = world.joint_targets(world._simulation_for(task), early)
+    assert not world._shares_prefix(reference.checkpoint, task, early, targets)
+    _same_rollouts(world.rollout(task, early, branch_from=reference),
+                   world.rollout(task, early))
+
+
+class _PlainWorldModel:
+    """The physics world model behind the bare interface: the engine cannot branch it."""
+
+    name = "plain"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def rollout(self, task, stream, *, keep_states=True):
+        return self.inner.rollout(task, stream, keep_states=keep_states)
+
+
+def test_engine_rows_are_the_same_with_and_without_branching():
+    config = from_dict({"tasks": ["pick_cube", "stack_cube"], "image_size": [64, 64],
+                        "generators": {"failsafe": 0.4, "dream2fix": 0.4, "slip": 0.1,
+                                       "early_release": 0.1}})
+    fast = Engine(config, THRESHOLDS)
+    slow = Engine(config, THRESHOLDS)
+    slow.world_model = _PlainWorldModel(PhysicsWorldModel(slow._simulation_for))
+    slow._run_faulted = lambda context, faults: slow._run(context.sim, context.task, faults)
+    generators = set()
+    try:
+        for index in range(12):
+            rows, expected = fast.attempt(index), slow.attempt(index)
+            assert len(rows) == len(expected)
+            for row, other in zip(rows, expected, strict=True):
+                assert not row["error"], row["error"]
+                generators.add(row["generator"])
+                frames, other_frames = row.pop("frames"), other.pop("frames")
+                assert (frames is None) == (other_frames is None)
+                assert frames is None or np.array_equal(frames, other_frames)
+                assert row == other
+    finally:
+        fast.close()
+        slow.close()
+    assert {"failsafe", "dream2fix"} <= generators
 
 
 # --- config ----------------------------------------------------------------------------------

@@ -35,7 +35,9 @@ class FailSafeConfig:
     stages: tuple[str, ...] = ("approach", "pre_grasp", "lift", "transport", "place", "push")
     translation_range: tuple[float, float] = (0.02, 0.1)  # |offset| in m on one axis
     rotation_range: tuple[float, float] = (0.15, 1.0)  # |angle| in rad about one axis
-    stall_range_s: tuple[float, float] = (4.0, 8.0)
+    # a stall fails the task only by overrunning the time limit (1.25 x the nominal duration
+    # + 1 s: 4-7.5 s of slack for the shipped tasks); shorter stalls were wasted attempts
+    stall_range_s: tuple[float, float] = (8.0, 12.0)
     pairs_per_failure: int = 3
     deviated_from_step: int = 10  # P_d from this recorded step of the failed run on
     corrective_from_step: int = 10  # P_c from this step of the correct run ...
@@ -68,9 +70,15 @@ class SlipConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EarlyReleaseConfig:
-    """The gripper opens part-way through a carrying stage."""
+    """The gripper opens part-way through a carrying stage.
 
-    stages: tuple[str, ...] = ("lift", "transport")
+    Only ``lift`` by default: an object dropped in ``transport`` lands away from where the plan
+    grasps it, so no correction matched on the nominal plan recovers it and such attempts
+    were almost all rejected (1 of 30 replays passed); the object dropped while lifting falls
+    back where the plan grasps it.
+    """
+
+    stages: tuple[str, ...] = ("lift",)
     fraction_range: tuple[float, float] = (0.2, 0.9)
 
 

@@ -23,6 +23,11 @@ reproduce before its stream is perturbed; only Dream2Fix and ``none`` apply to t
 
 Every kept sample must also pass kinematic safety (joint limits, p95-calibrated |q'| and |q''|)
 and visual sanity (target visible, depth finite) over its window.
+
+What a perturbation leaves unchanged is not simulated again: a faulted expert run continues
+from the clean run's checkpoint at the first plan segment its faults change, and a Dream2Fix
+rollout from the clean (or perturbed) rollout's checkpoint before the first action it changes;
+either is bit for bit the run from the start (the tests compare them).
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ AXES = ("x", "y", "z")
 ANGLES = ("roll", "pitch", "yaw")
 CALIBRATION_SEED_OFFSET = 1_000_000_007  # calibration demos never coincide with data episodes
 CATALOGUE = Catalogue()
+#: Steps before W_k at which Dream2Fix rollouts branch off the clean one: the translation
+#: operator fades in over 3 steps before W_k, and a step reads the next step's target too.
+BRANCH_MARGIN = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +212,8 @@ class _EpisodeContext:
     clean: Episode | None  # None: a recorded demonstration, whose run is ``stream_rollout``
     stream: actions.ActionStream | None = None
     stream_rollout: Rollout | None = None
+    rendered_run: Episode | Rollout | None = None  # the run whose frames ``rendered`` holds
+    rendered: dict[int, tuple[np.ndarray, bool, float]] = dataclasses.field(default_factory=dict)
 
 
 class Engine:
@@ -251,14 +261,45 @@ class Engine:
         sim = Simulation(task.scene)
         self._context = _EpisodeContext(spec.episode, task, sim, self._camera(sim, task), None,
                                         stream)
-        self._context.stream_rollout = self.world_model.rollout(task, stream)
+        self._context.stream_rollout = self._reference_rollout(task, stream)
         return self._context
+
+    def _reference_rollout(self, task: Task, stream: actions.ActionStream) -> Rollout:
+        """The clean stream's rollout; the physics model keeps a checkpoint to branch from.
+
+        Every Dream2Fix operator leaves the stream as it is until shortly before the window
+        around the first close keyframe, so the perturbed and the fix rollouts continue from
+        the clean one's checkpoint there rather than replaying the shared prefix.
+        """
+        if not isinstance(self.world_model, PhysicsWorldModel):
+            return self.world_model.rollout(task, stream)
+        closes = [k for k, kind in actions.keyframes(stream.closure) if kind == "close"]
+        at = (max(0, closes[0] - self.config.dream2fix.window_half_width - BRANCH_MARGIN)
+              if closes else None)
+        return self.world_model.rollout(task, stream, checkpoint_at=at)
+
+    def _branch_from(self, reference: Rollout) -> dict[str, Any]:
+        if isinstance(self.world_model, PhysicsWorldModel) and reference.checkpoint is not None:
+            return {"branch_from": reference}
+        return {}
 
     def _run(self, sim: Simulation, task: Task, faults: Faults | None) -> Episode:
         sim.reset()
         sim.step(50)
         return ExpertRunner(sim, task, faults, record_hz=self.config.record_hz,
                             keep_states=True).run()
+
+    def _run_faulted(self, context: _EpisodeContext, faults: Faults) -> Episode:
+        """The clean run with ``faults``: a branch of it where the faults first act.
+
+        Up to the first segment the faults change the faulted run is the clean one, so the
+        physics restarts from the clean run's checkpoint there (equal to a run from the start,
+        ``test_a_branched_faulted_run_equals_one_from_the_start``).
+        """
+        clean = context.clean
+        runner = ExpertRunner(context.sim, context.task, faults,
+                              record_hz=self.config.record_hz, keep_states=True)
+        return runner.resume(clean, faults.first_segment(clean.plan))
 
     def close(self) -> None:
         """Free the cached simulation's renderer."""
@@ -314,8 +355,8 @@ class Engine:
     # --- FailSafe, slip, early release -------------------------------------------------------
     def _failsafe(self, spec: AttemptSpec, context: _EpisodeContext,
                   rng: np.random.Generator) -> list[dict[str, Any]]:
-        clean, sim, task = context.clean, context.sim, context.task
-        failed = self._run(sim, task, faults_for(spec))
+        clean, task = context.clean, context.task
+        failed = self._run_faulted(context, faults_for(spec))
         scores: dict[str, Any] = {"clean_success": True, "perturbed_success": failed.success}
         if failed.success:
             return [self._reject(spec, task.instruction, "perturbation did not cause a failure",
@@ -355,9 +396,12 @@ class Engine:
                               SLOW_SPEED, True)]
         if abs(delta[6]) > 1e-3:
             closing = clean.gripper_command[r_c] < failed.gripper_command[r_d]
-            correction.append(Segment(stage_c, "gripper", width=float(clean.gripper_command[r_c]),
-                                      force=GRASP_FORCE,
-                                      wait_s=CLOSE_WAIT_S if closing else OPEN_WAIT_S))
+            grip = Segment(stage_c, "gripper", width=float(clean.gripper_command[r_c]),
+                           force=GRASP_FORCE, wait_s=CLOSE_WAIT_S if closing else OPEN_WAIT_S)
+            # A close grasps at the corrective pose; an open goes first, so that closed
+            # fingers are not driven down onto the object they are to grasp again (as the
+            # executor opens before a correction that a regrasp follows).
+            correction = correction + [grip] if closing else [grip] + correction
         sim.restore_state(failed.states[r_d], nominal_friction=True)
         replay = ExpertRunner(sim, task, None, record_hz=self.config.record_hz,
                               gripper_command=float(failed.gripper_command[r_d])).run(
@@ -388,9 +432,9 @@ class Engine:
         clean, task, d2f = context.clean, context.task, self.config.dream2fix
         if context.stream is None:
             context.stream = stream_from_episode(clean, context.sim)
-            context.stream_rollout = self.world_model.rollout(task, context.stream,
-                                                              keep_states=False)
+            context.stream_rollout = self._reference_rollout(task, context.stream)
         stream, reference = context.stream, context.stream_rollout
+        branch = self._branch_from(reference)
         scores: dict[str, Any] = {"clean_success": True, "world_model_clean_success":
                                   reference.success}
         if not reference.success:
@@ -402,7 +446,13 @@ class Engine:
         k, w = closes[0], d2f.window_half_width
         operator = "translation" if spec.mode.startswith("translation") else spec.mode
         perturbed_stream = actions.apply(stream, operator, k, w, **spec.parameters)
-        perturbed = self.world_model.rollout(task, perturbed_stream)
+        if branch and operator != "translation":
+            # The gripper fix changes the perturbed stream from the clip's keyframe row on
+            # (a physics rollout has one row per action and a final one): keep a checkpoint
+            # there for the fix rollout to branch from.
+            at = _clip_rows(len(stream) + 1, k, w, d2f, self.config)
+            branch = {**branch, "checkpoint_at": at[int(np.argmin(np.abs(np.array(at) - k)))]}
+        perturbed = self.world_model.rollout(task, perturbed_stream, **branch)
         scores["perturbed_success"] = perturbed.success
         if perturbed.success:
             return self._reject(spec, task.instruction, "perturbation did not cause a failure",
@@ -425,7 +475,9 @@ class Engine:
                 closure=close_from(perturbed_stream.closure, stream.closure, at, k))
             ftype, stage = FailureType(spec.mode), "keyframe"
             delta = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -float(context.sim.binding.max_gripper_width))
-        fixed = self.world_model.rollout(task, fixed_stream, keep_states=False)
+        if branch:
+            branch = {"branch_from": (reference, perturbed)}
+        fixed = self.world_model.rollout(task, fixed_stream, keep_states=False, **branch)
         kinematic = self._kinematics(perturbed.arm_q)
         fixed_kinematic = self._kinematics(fixed.arm_q)
         scores.update({"fix_success": fixed.success, "keyframe_step": k,
@@ -494,22 +546,32 @@ class Engine:
         return row
 
     def _render(self, context, run, window: list[int]) -> tuple[np.ndarray, dict[str, float]]:
-        sim, camera = context.sim, context.camera
-        size = context.task.scene.object(TARGET).size
-        tolerance = self.config.verification.depth_tolerance
+        if context.rendered_run is not run:  # the pairs of one failed run share frames
+            context.rendered_run, context.rendered = run, {}
         frames, visible, finite = [], 0, []
         for i in window:
-            sim.restore_state(run.states[i])
-            rgb, depth = camera.render(sim.data)
+            if i not in context.rendered:
+                context.rendered[i] = self._render_frame(context, run, i)
+            rgb, seen, readings = context.rendered[i]
             frames.append(rgb)
-            if np.isinf(depth).any() or (depth < 0).any():
-                finite.append(0.0)  # a broken depth render, not merely pixels without a reading
-            else:
-                finite.append(float(np.isfinite(depth).mean()))
-            visible += _target_visible(sim, camera, depth, run.target_pose[i][:3], size,
-                                       tolerance)
+            visible += seen
+            finite.append(readings)
         return np.stack(frames), {"visible_fraction": visible / len(window),
                                   "finite_depth_fraction": min(finite)}
+
+    def _render_frame(self, context, run, i: int) -> tuple[np.ndarray, bool, float]:
+        """Row ``i`` of ``run``: its color image, target visibility and depth readings."""
+        sim, camera = context.sim, context.camera
+        sim.restore_state(run.states[i])
+        rgb, depth = camera.render(sim.data)
+        if np.isinf(depth).any() or (depth < 0).any():
+            finite = 0.0  # a broken depth render, not merely pixels without a reading
+        else:
+            finite = float(np.isfinite(depth).mean())
+        visible = _target_visible(sim, camera, depth, run.target_pose[i][:3],
+                                  context.task.scene.object(TARGET).size,
+                                  self.config.verification.depth_tolerance)
+        return rgb, visible, finite
 
 
 def gripper_widths(episode: Episode, sim: Simulation) -> np.ndarray:

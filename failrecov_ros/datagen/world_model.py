@@ -10,7 +10,7 @@ IK for the steps whose TCP pose an operator moved) and judges success with the t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import mujoco
@@ -19,10 +19,25 @@ import numpy as np
 from failrecov_ros.datagen.actions import ActionStream
 from failrecov_ros.sim.expert import GRASP_FORCE
 from failrecov_ros.sim.ik import DlsIk
-from failrecov_ros.sim.scene import SimState, Simulation
+from failrecov_ros.sim.scene import SimSnapshot, SimState, Simulation
 from failrecov_ros.sim.tasks import TARGET, Task
 
 SETTLE_STEPS = 50  # as run_expert: objects come to rest on the table before the first action
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutCheckpoint:
+    """A rollout's exact state as action step ``index`` begins (``rollout``'s ``checkpoint_at``).
+
+    The simulation (a full copy of its data) and the commands the steps before it read.
+    """
+
+    index: int
+    snapshot: SimSnapshot
+    closure: np.ndarray  # closure[: index], the gripper commands applied before ``index``
+    targets: np.ndarray  # targets[: index + 1], all that steps before ``index`` read
+    dt: float
+    scene: object  # the task's scene config: a branch must run in the same scene
 
 
 @dataclasses.dataclass
@@ -40,6 +55,7 @@ class Rollout:
     details: dict[str, Any]
     states: list[SimState] = dataclasses.field(default_factory=list, repr=False)
     ik_failures: int = 0
+    checkpoint: RolloutCheckpoint | None = dataclasses.field(default=None, repr=False)
 
 
 class WorldModel(Protocol):
@@ -87,18 +103,49 @@ class PhysicsWorldModel:
                 targets[t] = seed = solution.q
         return targets, failures
 
-    def rollout(self, task: Task, stream: ActionStream, *, keep_states: bool = True) -> Rollout:
-        """Replay ``stream`` from the scene's initial state and check the task's success."""
+    def rollout(self, task: Task, stream: ActionStream, *, keep_states: bool = True,
+                checkpoint_at: int | None = None,
+                branch_from: Rollout | Sequence[Rollout] = ()) -> Rollout:
+        """Replay ``stream`` from the scene's initial state and check the task's success.
+
+        ``checkpoint_at``: keep the exact state at the start of that action step in the
+        result, so that later rollouts of streams that agree with this one up to there can
+        be ``branch_from`` it: they continue from the checkpoint instead of replaying the
+        shared prefix, with the same result as a replay from the start (bit for bit: the
+        checkpoint is a full copy of the simulation's data). A ``branch_from`` whose
+        checkpoint the stream does not share (or that kept no states when ``keep_states``
+        asks for them) is ignored; of several, the latest usable checkpoint is used.
+        """
         sim = self._simulation_for(task)
-        sim.reset()
         b = sim.binding
-        sim.place_arm(stream.arm_q[0])
-        sim.step(SETTLE_STEPS)
         targets, ik_failures = self.joint_targets(sim, stream)
         substeps = max(1, round(stream.dt / sim.timestep))
+        fractions = (np.arange(1, substeps + 1) / substeps)[:, None]  # i / substeps, i = 1..
         rows: list[tuple] = []
         states: list[SimState] = []
+        checkpoint = None
         closure = None
+        start = 0
+        candidates = [branch_from] if isinstance(branch_from, Rollout) else list(branch_from)
+        usable = [r for r in candidates if r.checkpoint is not None
+                  and self._shares_prefix(r.checkpoint, task, stream, targets)
+                  and (not keep_states or len(r.states) >= r.checkpoint.index)]
+        if usable:
+            branch_from = max(usable, key=lambda r: r.checkpoint.index)
+            branch = branch_from.checkpoint
+            start = branch.index
+            closure = float(branch.closure[-1]) if start > 0 else None
+            sim.restore_snapshot(branch.snapshot)
+            rows = [(branch_from.times[i], branch_from.arm_q[i], branch_from.gripper_width[i],
+                     branch_from.tcp_position[i], branch_from.tcp_quat[i],
+                     branch_from.target_pose[i], branch_from.closure[i])
+                    for i in range(start)]
+            if keep_states:
+                states = list(branch_from.states[:start])
+        else:
+            sim.reset()
+            sim.place_arm(stream.arm_q[0])
+            sim.step(SETTLE_STEPS)
 
         def record(command: float) -> None:
             pos, mat = sim.tcp_pose()
@@ -110,7 +157,10 @@ class PhysicsWorldModel:
             if keep_states:
                 states.append(sim.save_state())
 
-        for t in range(len(stream)):
+        for t in range(start, len(stream)):
+            if t == checkpoint_at:
+                checkpoint = RolloutCheckpoint(t, sim.snapshot(), stream.closure[:t].copy(),
+                                               targets[: t + 1].copy(), stream.dt, task.scene)
             if stream.closure[t] != closure:
                 closure = float(stream.closure[t])
                 if closure > 0:
@@ -119,8 +169,8 @@ class PhysicsWorldModel:
                     sim.set_gripper(b.max_gripper_width, self.grasp_force)
             record(closure)
             following = targets[min(t + 1, len(stream) - 1)]
-            for i in range(1, substeps + 1):
-                sim.set_arm_targets(targets[t] + (following - targets[t]) * (i / substeps))
+            for target in targets[t] + (following - targets[t]) * fractions:
+                sim.set_arm_targets(target)
                 sim.step()
             if not sim.is_finite():
                 raise FloatingPointError(f"simulation diverged at action step {t}")
@@ -133,4 +183,17 @@ class PhysicsWorldModel:
             gripper_width=np.array(columns[2]), tcp_position=np.array(columns[3]),
             tcp_quat=np.array(columns[4]), target_pose=np.array(columns[5]),
             closure=np.array(columns[6]), success=bool(details["success"]), details=details,
-            states=states, ik_failures=ik_failures)
+            states=states, ik_failures=ik_failures, checkpoint=checkpoint)
+
+    @staticmethod
+    def _shares_prefix(point: RolloutCheckpoint, task: Task, stream: ActionStream,
+                       targets: np.ndarray) -> bool:
+        """Whether ``stream``'s steps before ``point.index`` command what the checkpoint's did.
+
+        Step t reads closure[t], targets[t] and targets[t + 1].
+        """
+        i = point.index
+        if task.scene != point.scene or stream.dt != point.dt or i + 1 >= len(stream):
+            return False
+        return bool(np.array_equal(stream.closure[:i], point.closure)
+                    and np.array_equal(targets[: i + 1], point.targets))

@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 
 from failrecov_ros.sim.ik import DlsIk
-from failrecov_ros.sim.scene import SimState, Simulation
+from failrecov_ros.sim.scene import SimSnapshot, SimState, Simulation
 from failrecov_ros.sim.tasks import TARGET, Task
 
 CARRY_HEIGHT = 0.15
@@ -98,6 +98,39 @@ class Faults:
         """True when this fault set offsets the target pose of ``stage``."""
         return self.stage == stage and (any(self.translation) or any(self.rotation))
 
+    def first_segment(self, plan: list[Segment]) -> int:
+        """Index of the first segment of ``plan`` these faults can change (len(plan): none).
+
+        Before it, a faulted run is the clean run step for step: stage faults act from their
+        stage's first segment on, gripper faults from the first close keyframe on.
+        """
+        stages = {self.stage, self.slip_stage, self.early_open_stage} - {None}
+        gripper = self.close_delay_s > 0 or self.grasp_force_scale < 1 or self.skip_close
+        for index, segment in enumerate(plan):
+            if segment.stage in stages or (gripper and segment.keyframe == "close"):
+                return index
+        return len(plan)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A run's full state as it starts plan segment ``segment``: resume a branch from here.
+
+    Taken by runs with ``keep_states`` (before the segment's stage-start bookkeeping), it holds
+    the physics state and everything the runner carries between segments, so that
+    :meth:`ExpertRunner.resume` continues exactly as the original run would have.
+    """
+
+    segment: int
+    state: SimSnapshot
+    step: int
+    rows: int  # recorded rows before this instant
+    events: int  # events before this instant
+    stage: int
+    gripper_command: float
+    closed_once: bool
+    scheduled: tuple[tuple[int, float, float, str], ...]
+
 
 @dataclasses.dataclass
 class Episode:
@@ -126,6 +159,8 @@ class Episode:
     details: dict[str, Any]
     timed_out: bool
     states: list[SimState] = dataclasses.field(default_factory=list, repr=False)
+    checkpoints: dict[int, Checkpoint] = dataclasses.field(default_factory=dict, repr=False)
+    deadline_step: float = math.inf  # the time limit the run had, in physics steps
 
     def keyframes(self) -> list[dict[str, Any]]:
         """The gripper keyframe events, in order."""
@@ -251,20 +286,31 @@ class ExpertRunner:
                             "stage": self.stages[self._stage], **extra})
 
     def _advance(self, n: int = 1) -> None:
-        for _ in range(n):
+        end = self._step + n
+        while self._step < end:
             if self._step >= self._deadline:
                 self.timed_out = True
                 raise _TimeUpError
-            for item in [s for s in self._scheduled if s[0] <= self._step]:
-                self._scheduled.remove(item)
-                _, width, force, name = item
-                self.sim.set_gripper(width, force)
-                self._gripper_command = width
-                self._event(name, width=width, force=force)
+            # Nothing happens between records, scheduled commands and the deadline: step the
+            # physics there in one call (mj_step with nstep is the same steps, minus Python).
+            stop = (self._step // self._record_every + 1) * self._record_every
+            if end < stop:
+                stop = end
+            if self._scheduled:
+                for item in [s for s in self._scheduled if s[0] <= self._step]:
+                    self._scheduled.remove(item)
+                    _, width, force, name = item
+                    self.sim.set_gripper(width, force)
+                    self._gripper_command = width
+                    self._event(name, width=width, force=force)
+                if self._scheduled:
+                    stop = min(stop, min(s[0] for s in self._scheduled))
             if self._step % self._record_every == 0:
                 self._record()
-            self.sim.step()
-            self._step += 1
+            if self._deadline < stop:
+                stop = max(self._step + 1, math.ceil(self._deadline))
+            self.sim.step(stop - self._step)
+            self._step = stop
 
     def _record(self) -> None:
         sim = self.sim
@@ -339,15 +385,58 @@ class ExpertRunner:
 
     def run(self, plan: list[Segment] | None = None) -> Episode:
         """Execute ``plan`` (default: the expert's) and return the recorded episode."""
-        sim, faults = self.sim, self.faults
+        sim = self.sim
         plan = plan if plan is not None else make_plan(self.task, sim)
         self.stages = tuple(dict.fromkeys(s.stage for s in plan))
         self._closed_once = False
         nominal = self._nominal_duration(plan)
         self._deadline = round(nominal * self.time_limit_margin / sim.timestep) + 500
-        current = None
+        return self._execute(plan, 0)
+
+    def resume(self, episode: Episode, segment: int) -> Episode:
+        """``episode``'s run as if it had had this runner's faults: a branch at ``segment``.
+
+        ``episode`` must have been recorded with ``keep_states`` (so it holds the checkpoint
+        of ``segment``) by a runner with the same simulation, task and recording rate; the
+        result equals a run from the start with these faults as long as they change nothing
+        before ``segment`` (see :meth:`Faults.first_segment`). The recorded prefix is
+        ``episode``'s; from the checkpoint on the physics runs again.
+        """
+        if segment not in episode.checkpoints:
+            raise ValueError(f"episode has no checkpoint at segment {segment}")
+        point = episode.checkpoints[segment]
+        plan = episode.plan
+        self.stages = episode.stages
+        self._deadline = episode.deadline_step
+        self._step, self._stage = point.step, point.stage
+        self._gripper_command, self._closed_once = point.gripper_command, point.closed_once
+        self._scheduled = list(point.scheduled)
+        self.events = [dict(e) for e in episode.events[:point.events]]
+        self._rows = [(episode.times[i], episode.arm_q[i], episode.arm_dq[i],
+                       episode.fingers[i], episode.tcp_position[i], episode.tcp_quat[i],
+                       episode.target_pose[i], int(episode.stage_index[i]),
+                       int(episode.segment_index[i]), episode.gripper_command[i])
+                      for i in range(point.rows)]
+        if self.keep_states:
+            self._states = list(episode.states[:point.rows])
+        self.sim.restore_snapshot(point.state)
+        self._segment = min(segment, len(plan) - 1)  # where the final rest is recorded
+        current = plan[segment - 1].stage if segment > 0 else None
+        return self._execute(plan, segment, current)
+
+    def _checkpoint(self, segment: int) -> Checkpoint:
+        return Checkpoint(segment, self.sim.snapshot(), self._step, len(self._rows),
+                          len(self.events), self._stage, self._gripper_command,
+                          self._closed_once, tuple(self._scheduled))
+
+    def _execute(self, plan: list[Segment], start: int, current: str | None = None) -> Episode:
+        sim, faults = self.sim, self.faults
+        checkpoints: dict[int, Checkpoint] = {}
         try:
-            for self._segment, segment in enumerate(plan):
+            for self._segment in range(start, len(plan)):
+                segment = plan[self._segment]
+                if self.keep_states:
+                    checkpoints[self._segment] = self._checkpoint(self._segment)
                 if segment.stage != current:
                     current = segment.stage
                     self._stage = self.stages.index(current)
@@ -367,13 +456,17 @@ class ExpertRunner:
                     self._move(segment)
                 else:
                     self._gripper(segment)
+            if self.keep_states:
+                checkpoints[len(plan)] = self._checkpoint(len(plan))
             self._advance(round(0.5 / sim.timestep))  # let the scene come to rest
         except _TimeUpError:
             pass
         self._record()
         details = self.task.success_details(sim)
         success = bool(details["success"]) and not self.timed_out
-        return self._episode(plan, success, details)
+        episode = self._episode(plan, success, details)
+        episode.checkpoints = checkpoints
+        return episode
 
     def _move_with_early_open(self, segment: Segment) -> None:
         fraction = self.faults.early_open_fraction
@@ -410,7 +503,7 @@ class ExpertRunner:
             target_pose=np.array(columns[6]), stage_index=np.array(columns[7]),
             segment_index=np.array(columns[8]), gripper_command=np.array(columns[9]),
             events=self.events, plan=plan, success=success, details=details,
-            timed_out=self.timed_out, states=self._states)
+            timed_out=self.timed_out, states=self._states, deadline_step=self._deadline)
 
 
 class _TimeUpError(Exception):

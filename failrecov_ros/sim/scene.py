@@ -8,6 +8,7 @@ parts (which joints the arm has, how the gripper is driven, where the TCP is) co
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -347,6 +348,20 @@ class SimState:
     friction: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class SimSnapshot:
+    """A bit-exact copy of a :class:`Simulation`'s data (see ``snapshot``).
+
+    Unlike :class:`SimState` it keeps the derived quantities too (kinematics, contacts), which
+    after ``mj_step`` describe the state before the step: a run continued from a snapshot
+    reads exactly what the original run read.
+    """
+
+    data: mujoco.MjData
+    forcerange: np.ndarray
+    friction: np.ndarray
+
+
 class Simulation:
     """A compiled scene with its physics state and the robot-level controls the expert uses."""
 
@@ -450,6 +465,17 @@ class Simulation:
         self.model.geom_friction[:] = (self._initial_friction if nominal_friction
                                        else state.friction)
         mujoco.mj_forward(self.model, self.data)
+
+    def snapshot(self) -> SimSnapshot:
+        """This instant, bit for bit, with the fault-changed model parameters."""
+        return SimSnapshot(copy.copy(self.data), self.model.actuator_forcerange.copy(),
+                           self.model.geom_friction.copy())
+
+    def restore_snapshot(self, snapshot: SimSnapshot) -> None:
+        """Continue exactly from ``snapshot`` (taken on this simulation)."""
+        mujoco.mj_copyData(self.data, self.model, snapshot.data)
+        self.model.actuator_forcerange[:] = snapshot.forcerange
+        self.model.geom_friction[:] = snapshot.friction
 
     def is_finite(self) -> bool:
         """False once the physics state holds NaN or inf (a diverged simulation)."""
