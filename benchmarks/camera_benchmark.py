@@ -228,6 +228,7 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, load average {load_start:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end; "
           f"ROS domain {domain}, QoS {args.reliability}, subscriber depth {args.depth}, "
+          f"Fast DDS profile {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '(none)')}, "
           f"FASTDDS_BUILTIN_TRANSPORTS="
           f"{os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', '(default)')}")
     print(f"frames: {recorded} recorded, {figures['published']} published "

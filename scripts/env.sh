@@ -5,9 +5,10 @@ source "${FAILRECOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/failrecov_ros/venv}/bi
 export AMENT_PREFIX_PATH=${FAILRECOV_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/failrecov_ros/venv}
 # shellcheck disable=SC1091
 source "$_failrecov_root/install/setup.bash"
-# Images need Fast DDS's large-data transport (best effort drops almost all frames without it);
-# discovery stays on this machine unless the caller says otherwise.
-export FASTDDS_BUILTIN_TRANSPORTS=${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}
+# Images go through Fast DDS shared memory in one piece (config/fastdds_shm.xml: 8 MB segments;
+# the default 512 KB ones fragment a 640x480 image, 14 ms instead of 3); discovery stays on this
+# machine unless the caller says otherwise.
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$_failrecov_root/config/fastdds_shm.xml}
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 export PYTHONUNBUFFERED=1
 # The vLLM test tier's separate environment (scripts/setup.sh makes it for ./run test).

@@ -14,7 +14,8 @@ def pytest_configure(config):
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # Iron and later
     if os.environ.get("ROS_DISTRO") == "humble":
         os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "fastdds_shm.xml"))
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE,
 def sensor_qos(depth: int = 2, reliability: str = "reliable") -> QoSProfile:
     """Camera/state streams: shallow keep-last, reliability as a parameter.
 
-    realsense-ros and rviz default to reliable; best effort needs
-    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for images.
+    realsense-ros and rviz default to reliable. Images between processes want Fast DDS shared
+    memory segments larger than one image (config/fastdds_shm.xml): with the default ones a
+    640x480 frame is fragmented, arrives ~10 ms later, and best effort loses most of them.
     """
     if reliability not in _RELIABILITY:
         raise ValueError(f"reliability must be one of {sorted(_RELIABILITY)}, got {reliability!r}")
