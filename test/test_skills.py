@@ -551,6 +551,8 @@ class Harness:
                                   max_recoveries=config.pop("max_recoveries", 2),
                                   interrupt_confirmations=config.pop("confirmations", 1))
         self.poses = {"cube": CUBE} if poses is None else poses
+        # These poses stay where they are, a grasped cube too: no held-object check unless asked.
+        config.setdefault("held_max_distance", 0.0)
         self.runner = TaskRunner(
             self.robot, kin, gate or _gate(kin),
             ExecutorConfig(profile, recovery=recovery, poll_period=0.001, **config),
@@ -875,6 +877,29 @@ def test_regrasps_after_weak_closes_squeeze_harder_up_to_the_hand_limit(kin, pro
     forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
     assert forces == pytest.approx([20.0, 30.0, 40.0, 40.0])
     assert "regrasp force 45.0 N capped at the hand's 40.0 N" in h.messages()
+
+
+def test_a_grasped_object_left_behind_fails_the_move_that_should_have_carried_it(kin, profile):
+    h = Harness(kin, profile, held_max_distance=0.05)  # the cube's pose never leaves the table
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is not ResultCode.SUCCEEDED
+    assert "cube is" in result.message and "did not move with it" in result.message
+
+
+def test_a_grasped_object_that_rides_with_the_gripper_passes_the_check(kin, profile):
+    h = Harness(kin, profile, held_max_distance=0.05)
+    on_table, in_hand = h.runner._object_pose, []
+
+    def perceived(name, after_ns, timeout):
+        if h.runner.world.held == name:  # in the hand: where the tool point is
+            in_hand.append(name)
+            return Pose(tuple(kin.fk(h.robot.q)[:3, 3]))
+        return on_table(name, after_ns, timeout)
+
+    h.runner._object_pose = perceived
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    assert in_hand == ["cube"]  # asked once: after the lift, the one move made holding it
 
 
 def test_a_lost_object_is_looked_for_again_with_a_pose_newer_than_the_recovery(kin, profile):

@@ -241,6 +241,10 @@ class ExecutorConfig:
     gripper_timeout: float = 15.0
     object_pose_timeout: float = 5.0
     held_min_width: float = 0.005
+    #: m: after a move with an object grasped, its perceived centre must be this close to the
+    #: tool point (0: no check). The fingers' width cannot tell a cube squeezed too weakly to
+    #: lift, left on the table between open-ish fingers, from one held.
+    held_max_distance: float = 0.05
     policy_history: int = 32
 
     def __post_init__(self) -> None:
@@ -249,6 +253,9 @@ class ExecutorConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not (math.isfinite(self.held_max_distance) and self.held_max_distance >= 0):
+            raise ValueError(f"held_max_distance must be >= 0 (0: off), got "
+                             f"{self.held_max_distance}")
 
 
 class _FinishError(Exception):
@@ -535,7 +542,27 @@ class TaskRunner:
             return _Failure(ResultCode.FAILED, f"{step.skill}/{step.stage}: the gripper closed "
                                                f"to {self._width():.4f} m: "
                                                f"{self.world.held} was lost")
+        if failure is None and self.world.held and self.config.held_max_distance > 0:
+            return self._check_held(step)
         return failure
+
+    def _check_held(self, step: Step) -> _Failure | None:
+        """The held object moved with the gripper, where perception can tell (else no check)."""
+        name = self.world.held
+        if name not in self.world.objects:  # a given pose, not a perceived object
+            return None
+        try:
+            pose = self._object_pose(name, self.now_ns(),
+                                     min(self.config.object_pose_timeout, 1.0))
+        except ObjectPoseError:
+            return None  # out of sight in the hand: nothing to go by
+        distance = float(np.linalg.norm(np.asarray(pose.position)
+                                        - self.kin.fk(self._q())[:3, 3]))
+        if distance <= self.config.held_max_distance:
+            return None
+        return _Failure(ResultCode.FAILED, f"{step.skill}/{step.stage}: {name} is "
+                                           f"{100 * distance:.1f} cm from the gripper: it did "
+                                           f"not move with it")
 
     def _joint_move(self, step: Step) -> _Failure | None:
         q = self._q()

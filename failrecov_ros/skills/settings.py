@@ -125,6 +125,7 @@ _FIELDS: dict[str, tuple[type, str]] = {
         "object_width", "push_standoff", "push_speed")},
     "skills.policy_idle_timeout_s": (SkillProfile, "policy_idle_timeout"),
     "skills.held_min_width": (ExecutorConfig, "held_min_width"),
+    "skills.held_max_distance": (ExecutorConfig, "held_max_distance"),
     "safety.joint_margin": (SafetySettings, "joint_margin"),
     "safety.max_step": (SafetySettings, "max_step"),
 }
