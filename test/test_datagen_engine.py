@@ -18,7 +18,7 @@ from failrecov_ros.core import geometry
 from failrecov_ros.core.limits import JointLimit, JointLimits
 from failrecov_ros.core.safety import MotionThresholds, calibrate_thresholds, check_joint_path
 from failrecov_ros.core.schema import validate
-from failrecov_ros.datagen import actions
+from failrecov_ros.datagen import actions, dataset
 from failrecov_ros.datagen.bags import read_demonstration, write_episode_bag
 from failrecov_ros.datagen.config import DatagenConfig, from_dict, load
 from failrecov_ros.datagen.engine import (
@@ -486,6 +486,14 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     other = from_dict({**SMALL, "chunk_size": 3})
     with pytest.raises(ValueError, match="chunk_size"):
         generate(other, tmp_path / "run", 1, progress=False)
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    config = from_dict(SMALL)
+    with dataset.exclusive(tmp_path / "run"):  # as a run in another process holds it
+        with pytest.raises(ValueError, match="being written by another"):
+            generate(config, tmp_path / "run", 1, progress=False)
+    assert generate(config, tmp_path / "run", 1, progress=False)["accepted"] >= 1
 
 
 # --- recorded demonstrations -----------------------------------------------------------------

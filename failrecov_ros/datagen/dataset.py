@@ -11,6 +11,8 @@ how many workers wrote it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -256,6 +258,34 @@ class ChunkStore:
                 tmp.unlink(missing_ok=True)
         for chunk in self.done_chunks():
             shutil.rmtree(self.staging_dir(chunk), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(out_dir: str | os.PathLike):
+    """Hold the output folder for one run: a second run into it is an error, not a race.
+
+    Two coordinators would work the same chunks and write the same staging files; the lock
+    (flock on ``.lock``) goes with the process, so a killed run leaves nothing to clean up.
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+", encoding="ascii") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(f"{folder} is being written by another `failrecov datagen` run "
+                             f"(pid {holder}); wait for it, or stop it and rerun to "
+                             "resume") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_or_create(out_dir: str | os.PathLike, config: dict, seed: int | None = None,

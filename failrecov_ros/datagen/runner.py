@@ -83,10 +83,18 @@ def _chunk_counts(store: dataset.ChunkStore, chunk_size: int) -> dict[int, int]:
 
 def generate(config: DatagenConfig, out_dir: str | Path, samples: int, workers: int = 1, *,
              command: str = "", progress: bool = True) -> dict[str, Any]:
-    """Generate until at least ``samples`` verified samples exist; resumes an existing run."""
+    """Generate until at least ``samples`` verified samples exist; resumes an existing run.
+
+    One run at a time per output folder (:func:`dataset.exclusive`).
+    """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    out_dir = Path(out_dir)
+    with dataset.exclusive(out_dir):
+        return _generate(config, Path(out_dir), samples, workers, command, progress)
+
+
+def _generate(config: DatagenConfig, out_dir: Path, samples: int, workers: int, command: str,
+              progress: bool) -> dict[str, Any]:
     store = dataset.open_or_create(out_dir, config.to_dict(), config.seed, config.image_format)
     thresholds = thresholds_for(config, out_dir)
     counts = _chunk_counts(store, config.chunk_size)
