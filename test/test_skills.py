@@ -395,6 +395,22 @@ def test_a_force_open_is_ignored_once_the_fingers_have_closed():
     assert still_open.action is Action.TAKEOVER
     unknown = assess(force_open, **common, budget=RetryBudget(1), finger_gap=None)
     assert unknown.action is Action.TAKEOVER
+    assert closed.failure_type is still_open.failure_type is unknown.failure_type is None
+
+
+def test_a_force_open_with_closed_fingers_and_the_object_left_behind_is_a_weak_close():
+    """The hand closed but held nothing: the regrasp of a weak close, not an ignored verdict."""
+    force_open = _diagnosis(failure_type=FailureType.FORCE_OPEN)
+    verdict = assess(force_open, episode_id="ep", since_ns=50, enabled=True, threshold=0.5,
+                     budget=RetryBudget(1), finger_gap=0.04, object_left=True)
+    assert verdict.action is Action.TAKEOVER
+    assert verdict.failure_type is FailureType.WEAK_CLOSE
+    assert "read as weak_close" in verdict.reason and "40 mm" in verdict.reason
+    # Other failure types are taken as the model named them.
+    slip = assess(_diagnosis(failure_type=FailureType.SLIP), episode_id="ep", since_ns=50,
+                  enabled=True, threshold=0.5, budget=RetryBudget(1), finger_gap=0.04,
+                  object_left=True)
+    assert slip.action is Action.TAKEOVER and slip.failure_type is None
 
 
 @pytest.mark.parametrize("fields, kwargs, action, reason", [
@@ -884,6 +900,32 @@ def test_a_grasped_object_left_behind_fails_the_move_that_should_have_carried_it
     result = h.runner.run(Request(PICK, "ep"))
     assert result.code is not ResultCode.SUCCEEDED
     assert "cube is" in result.message and "did not move with it" in result.message
+
+
+def test_a_force_open_verdict_on_a_cube_left_behind_regrasps_harder(kin, profile):
+    """The demo's weak_close, diagnosed force_open: the executor regrasps with more force."""
+    h = Harness(kin, profile, held_max_distance=0.05)
+    on_table = h.runner._object_pose
+
+    def perceived(name, after_ns, timeout):
+        forces = [c[1].force for c in h.robot.calls if c[0] == "gripper"
+                  and c[1].kind == "grasp"]
+        if h.runner.world.held == name and forces[-1] > forces[0]:  # the harder regrasp holds
+            return Pose(tuple(kin.fk(h.robot.q)[:3, 3]))
+        return on_table(name, after_ns, timeout)
+
+    h.runner._object_pose = perceived
+    h.when(lambda s: "did not move with it" in s.message,
+           lambda: h.runner.offer_diagnosis(_diagnosis(
+               stamp_ns=h.clock(), stage="lift", failure_type=FailureType.FORCE_OPEN,
+               correction=Correction(CorrectionKind.DIRECTIVE, directive=Directive(
+                   gripper=GripperCommand.CLOSE, keyframe=3)))))
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
+    assert forces == pytest.approx([20.0, 30.0])
+    assert "read as weak_close" in h.messages()
+    assert h.runner.recoveries_attempted == 1
 
 
 def test_a_grasped_object_that_rides_with_the_gripper_passes_the_check(kin, profile):

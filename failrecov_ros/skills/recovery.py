@@ -79,6 +79,9 @@ class Assessment:
 
     action: Action
     reason: str
+    #: The failure the executor acts on, where its own measurements read the diagnosis as a
+    #: different failure of the same family (else the diagnosis's own type).
+    failure_type: FailureType | None = None
 
 
 class RetryBudget:
@@ -103,7 +106,8 @@ class RetryBudget:
 
 def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: bool,
            threshold: float, budget: RetryBudget, planned_motion: bool = False,
-           finger_gap: float | None = None, window_since_ns: int = 0) -> Assessment:
+           finger_gap: float | None = None, window_since_ns: int = 0,
+           object_left: bool = False) -> Assessment:
     """Decide what a diagnosis means for the running episode (pure; the reason says why).
 
     ``since_ns``: a window ending before this is stale. ``window_since_ns`` (the episode's
@@ -117,7 +121,10 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
     executor's own bookkeeping: its motions either progress or time out, which it reports
     itself; pauses between skills are deliberate and look like stalls to a model.
     ``finger_gap``: how far (m) the fingers are now from fully open. A force_open (the hand
-    never closed) is contradicted once they have closed by more than ``CLOSED_GAP``.
+    never closed) is contradicted once they have closed by more than ``CLOSED_GAP``, unless
+    ``object_left``: the executor saw the object it closed on stay behind when the arm moved.
+    The hand then closed without holding, a weak close (Dream2Fix's operators differ only in
+    the closure), and the takeover regrasps harder, as for a diagnosed weak_close.
     """
     d = diagnosis
     what = f"{d.failure_type.value} at {d.stage or '?'} (confidence {d.confidence:.2f})"
@@ -147,17 +154,23 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
     if planned_motion and d.failure_type is FailureType.STALL:
         return Assessment(Action.IGNORE, f"ignored {what}: the executor's own planned motion is "
                                          "not stalled (it would time out and say so)")
+    acted_on = None
     if d.failure_type is FailureType.FORCE_OPEN and finger_gap is not None \
             and finger_gap > CLOSED_GAP:
-        return Assessment(Action.IGNORE, f"ignored {what}: the fingers have closed "
-                                         f"{finger_gap * 1000:.0f} mm from open, so the hand did "
-                                         "close")
+        if not object_left:
+            return Assessment(Action.IGNORE, f"ignored {what}: the fingers have closed "
+                                             f"{finger_gap * 1000:.0f} mm from open, so the hand "
+                                             "did close")
+        acted_on = FailureType.WEAK_CLOSE
+        what += (f", read as weak_close: the fingers closed {finger_gap * 1000:.0f} mm but the "
+                 "object stayed behind")
     if d.correction.kind is CorrectionKind.NEEDS_HELP:
         return Assessment(Action.NEEDS_HELP, f"{what}: the monitor asks for help: {d.summary}")
     if budget.remaining <= 0:
         return Assessment(Action.NEEDS_HELP, f"{what}: the retry budget of {budget.limit} "
                                              "recoveries is spent")
-    return Assessment(Action.TAKEOVER, f"taking over for {what}: {d.summary}".rstrip(": "))
+    return Assessment(Action.TAKEOVER, f"taking over for {what}: {d.summary}".rstrip(": "),
+                      acted_on)
 
 
 class Confirmations:

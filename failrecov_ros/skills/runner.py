@@ -278,6 +278,7 @@ class _CanceledError(Exception):
 class _Failure:
     code: ResultCode
     message: str
+    object_left: bool = False  # the held object stayed behind when the arm moved
 
 
 def _report_text(report: SafetyReport) -> str:
@@ -357,8 +358,13 @@ class TaskRunner:
         return self._status
 
     # --- the episode ----------------------------------------------------------------------------
-    def run(self, request: Request, cancelled: Callable[[], bool] = lambda: False) -> TaskResult:
-        """Execute ``request`` to its end (success, failure, help needed or cancel)."""
+    def run(self, request: Request,
+            cancelled: Callable[[], bool | str] = lambda: False) -> TaskResult:
+        """Execute ``request`` to its end (success, failure, help needed or cancel).
+
+        ``cancelled``: polled while the task runs; truthy stops the arm and ends the task as
+        canceled, a string saying why (default: the client canceled).
+        """
         self._begin(request, cancelled)
         try:
             steps = self._expand(request)
@@ -376,14 +382,14 @@ class TaskRunner:
                     index = self._recover(steps, index, takeover)
             self._count_success(len(steps))
             return self._end(ResultCode.SUCCEEDED, f"task {request.task.name} completed")
-        except _CanceledError:
-            return self._end(ResultCode.CANCELED, "canceled by the client; the arm was stopped")
+        except _CanceledError as canceled:
+            return self._end(ResultCode.CANCELED, f"{canceled}; the arm was stopped")
         except _FinishError as finish:
             return self._end(finish.code, finish.message)
         finally:
             self.running = False
 
-    def _begin(self, request: Request, cancelled: Callable[[], bool]) -> None:
+    def _begin(self, request: Request, cancelled: Callable[[], bool | str]) -> None:
         self.request, self._cancelled = request, cancelled
         limit = request.max_recoveries or self.config.recovery.max_recoveries
         self.budget = RetryBudget(limit)
@@ -400,6 +406,7 @@ class TaskRunner:
         self._pending_success: int | None = None
         self._gripper_closed = False
         self._grasp_force_scale = 1.0
+        self._object_left = False
         self._recovering = False
         self._progress = 0.0
         for inbox in (self._diagnoses, self._policy):
@@ -562,7 +569,7 @@ class TaskRunner:
             return None
         return _Failure(ResultCode.FAILED, f"{step.skill}/{step.stage}: {name} is "
                                            f"{100 * distance:.1f} cm from the gripper: it did "
-                                           f"not move with it")
+                                           f"not move with it", object_left=True)
 
     def _joint_move(self, step: Step) -> _Failure | None:
         q = self._q()
@@ -742,9 +749,11 @@ class TaskRunner:
                                f"{outcome.message}); it may still be moving")
 
     def _check_cancel(self) -> None:
-        if self._cancelled():
-            self._stop("canceled by the client")
-            raise _CanceledError
+        why = self._cancelled()
+        if why:
+            why = why if isinstance(why, str) else "canceled by the client"
+            self._stop(why)
+            raise _CanceledError(why)
 
     def _watch(self, motion: Motion, timeout: float, interruptible: bool) -> Outcome:
         deadline = self._monotonic() + timeout
@@ -771,7 +780,9 @@ class TaskRunner:
                              enabled=self.request.recovery_enabled,
                              threshold=self.config.recovery.confidence_threshold,
                              budget=self.budget, planned_motion=not self._in_policy_step,
-                             finger_gap=self._finger_gap())
+                             finger_gap=self._finger_gap(), object_left=self._object_left)
+            if verdict.failure_type is not None:
+                diagnosis = dataclasses.replace(diagnosis, failure_type=verdict.failure_type)
             if verdict.action is Action.IGNORE:
                 self._confirmations.reset()
                 self._status_update(message=verdict.reason)
@@ -808,6 +819,7 @@ class TaskRunner:
             raise _FinishError(failure.code, failure.message)
         self._status_update(message=f"{failure.message}; holding up to {wait:.0f} s for a "
                                     "diagnosis")
+        self._object_left = failure.object_left
         pending = self._confirmations.pending
         if pending is not None:  # named before the executor saw it fail: that confirms it
             self._diagnoses.put(pending)
@@ -824,6 +836,7 @@ class TaskRunner:
         self.budget.consume()
         self.recoveries_attempted += 1
         self._pending_success = None
+        self._object_left = False
         self._recovering = True
         self._status_update(State.RECOVERING, event="recovery_start",
                             message=f"{takeover.reason} (recovery {self.budget.used}/"
