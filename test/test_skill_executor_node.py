@@ -11,6 +11,8 @@ correction.
 """
 
 import math
+import signal
+import subprocess
 import threading
 import time
 from types import SimpleNamespace
@@ -20,7 +22,7 @@ import pytest
 import rclpy
 import yaml
 from action_msgs.msg import GoalStatus
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from control_msgs.action import FollowJointTrajectory
 from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import PoseStamped
@@ -479,4 +481,49 @@ def test_a_named_task_succeeds_on_the_stretch(context):
             assert client.status().robot == "stretch"
         finally:
             client.close()
+
+
+def test_a_shutdown_mid_task_stops_the_arm_and_every_node_exits_cleanly(context):
+    """What ending a launch does: SIGINT to the simulator and the executor at the same time.
+
+    The task's goal ends with a result that says why, the simulator's trajectory goal is
+    aborted (the arm holds), and both processes exit 0 without a traceback or an rclpy error
+    about destroyed entities.
+    """
+    ns = "shutdown"
+    lib = f"{get_package_prefix('failrecov_ros')}/lib/failrecov_ros"
+    processes = [subprocess.Popen([f"{lib}/{exe}", "--ros-args", *args], text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for exe, args in (("mujoco_sim", ["-p", "task:=pick_cube", "-p",
+                                                   "camera.enable:=false", "-r", f"__ns:=/{ns}"]),
+                                   ("skill_executor", executor_args(ns)))]
+    client = Client(context, ns, "shutdown_test_client")
+    outputs = []
+    try:
+        assert wait_until(lambda: client.joint_state is not None, 90), "no simulator"
+        assert client.action.wait_for_server(timeout_sec=60), "no executor"
+        handle = client.send(ExecuteTask.Goal(task_name="pick_cube", episode_id="ep"))
+        client.wait_status(lambda s: s.skill == "approach" and s.event == "gripper_open", 120)
+        assert wait_until(lambda: np.max(np.abs(client.joints(fr3.ARM_JOINTS) - HOME)) > 0.05,
+                          60), "the arm never moved"
+        started = time.monotonic()
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        outcome = wait_future(handle.get_result_async(), 15)
+        outputs = [process.communicate(timeout=20)[0] for process in processes]
+        took = time.monotonic() - started
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                outputs.append(process.communicate()[0])
+        client.close()
+        print("\n---\n".join(outputs))
+    assert [process.returncode for process in processes] == [0, 0]
+    assert took < 10, f"shutdown took {took:.1f} s"
+    assert outcome.status == GoalStatus.STATUS_ABORTED
+    assert "shutting down" in outcome.result.error_string
+    for output in outputs:
+        assert "Traceback" not in output and "Destroyable" not in output, output
+        assert "never retrieved" not in output, output
 

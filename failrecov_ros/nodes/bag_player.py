@@ -23,7 +23,7 @@ from rosgraph_msgs.msg import Clock
 from failrecov_ros.datagen.bags import BagError
 from failrecov_ros.evaluation.replay import RecordedTopic, Recording
 from failrecov_ros.ros.conversions import ns_to_time
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import shutdown_requested, start_node
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE,
                 "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -85,7 +85,7 @@ class BagPlayer(Node):
                 time.sleep(self.start_delay_s)  # let subscribers discover the publishers
                 sent, first_ns, started, last_clock = 0, None, time.monotonic(), None
                 for topic, log_ns, raw in recording.messages(publishers):
-                    if not rclpy.ok():
+                    if not rclpy.ok() or shutdown_requested():
                         log.info("interrupted")
                         return 0
                     first_ns = log_ns if first_ns is None else first_ns

@@ -15,6 +15,7 @@ from rclpy.node import Node
 
 from failrecov_ros.core.schema import SchemaError
 from failrecov_ros.msg import FailureDiagnosis
+from failrecov_ros.ros import entry
 from failrecov_ros.ros.conversions import msg_to_diagnosis
 from failrecov_ros.ros.qos import event_qos
 
@@ -66,10 +67,10 @@ class DiagnosisEcho(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point: spin until the expected count arrived or SIGINT."""
-    rclpy.init(args=args)
+    entry.init(args)
     node = DiagnosisEcho()
     try:
-        while rclpy.ok() and not node.done:
+        while rclpy.ok() and not node.done and not entry.shutdown_requested():
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -45,7 +45,7 @@ from failrecov_ros.evaluation.closed_loop import DiagnosisRecord, EpisodeResult,
 from failrecov_ros.models.compact import resize_frame
 from failrecov_ros.msg import FailureDiagnosis, SkillStatus
 from failrecov_ros.ros.conversions import duration_to_s, time_to_ns
-from failrecov_ros.ros.entry import start_node
+from failrecov_ros.ros.entry import BackgroundSpinner, shutdown_requested, start_node
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
@@ -170,12 +170,26 @@ class EpisodeRunner(Node):
 
     # --- the suite --------------------------------------------------------------------------
     def _wait(self, future, timeout: float, what: str):
+        """``future``'s result; KeyboardInterrupt on a shutdown request, so the suite stops."""
         deadline = time.monotonic() + timeout
         while not future.done():
+            if shutdown_requested():
+                raise KeyboardInterrupt
             if time.monotonic() > deadline or not rclpy.ok():
                 raise RuntimeError(f"no answer from {what} within {timeout:.0f} s")
             time.sleep(0.02)
         return future.result()
+
+    def _cancel(self, handle, name: str, timeout: float = 5.0) -> None:
+        """Cancel a running episode's goal and wait (bounded) for the executor to confirm."""
+        future = handle.cancel_goal_async()
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        confirmed = future.done() and future.result() is not None \
+            and len(future.result().goals_canceling) > 0
+        self.get_logger().info(f"interrupted: {'canceled' if confirmed else 'could not cancel'} "
+                               f"the running goal of {name}")
 
     def wait_for_graph(self) -> None:
         """The simulator's services and the executor's action, or a clear error."""
@@ -223,8 +237,12 @@ class EpisodeRunner(Node):
             handle = self._wait(self.execute.send_goal_async(goal), 30, "execute_task")
             if not handle.accepted:
                 raise RuntimeError(f"the executor refused the goal for {spec.name}")
-            outcome = self._wait(handle.get_result_async(), self.episode_timeout,
-                                 f"execute_task ({spec.name})")
+            try:
+                outcome = self._wait(handle.get_result_async(), self.episode_timeout,
+                                     f"execute_task ({spec.name})")
+            except KeyboardInterrupt:  # the suite is stopped: so is the task it started
+                self._cancel(handle, spec.name)
+                raise
         finally:
             with self.lock:
                 self.current = None
@@ -307,8 +325,7 @@ def main(args: list[str] | None = None) -> int:
         return 2
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundSpinner(executor).start()
     code = 1
     try:
         code = node.run_suite()
@@ -317,8 +334,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 130
     finally:
-        executor.shutdown()
-        spinner.join(timeout=5)
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
     return code

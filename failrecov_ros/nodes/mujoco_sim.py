@@ -130,6 +130,8 @@ class MujocoSim(Node):
 
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._draining = threading.Event()  # shutdown requested: abort goals, take no more
+        self._running_goals = 0
         self.steps_done = 0
         self.frames_published = 0
         self._epoch = 0.0  # s of simulated time before the last reset: time never runs back
@@ -420,6 +422,10 @@ class MujocoSim(Node):
         ``slot`` names the attribute holding the goal the physics thread finishes; a goal
         already there is preempted (JTC). ``on_cancel`` stops the motion (lock held).
         """
+        with self._goal_running():
+            return self._follow(goal_handle, controller, slot, on_cancel)
+
+    def _follow(self, goal_handle, controller, slot: str, on_cancel):
         result = FollowJointTrajectory.Result()
         goal = trajectory_goal_from_msg(goal_handle.request)
         pending = _Pending()
@@ -439,13 +445,17 @@ class MujocoSim(Node):
             return result
         feedback = FollowJointTrajectory.Feedback()
         while not pending.done.wait(0.05):
-            if goal_handle.is_cancel_requested:
+            if goal_handle.is_cancel_requested or self._draining.is_set():
                 with self.lock:
                     if getattr(self, slot) is pending:
                         on_cancel()
                         setattr(self, slot, None)
-                result.error_string = "canceled by the client; holding position"
-                goal_handle.canceled()
+                if goal_handle.is_cancel_requested:
+                    result.error_string = "canceled by the client; holding position"
+                    goal_handle.canceled()
+                else:
+                    result.error_string = "the simulator is shutting down; holding position"
+                    goal_handle.abort()
                 return result
             with self.lock:
                 names, desired, actual, error = controller.feedback()
@@ -475,6 +485,10 @@ class MujocoSim(Node):
     # --- gripper ---------------------------------------------------------------------------------
     def _run_gripper(self, goal_handle, start) -> GripperResult:
         """Start a gripper command under the lock and wait for it (or a cancel/preemption)."""
+        with self._goal_running():
+            return self._gripper_wait(goal_handle, start)
+
+    def _gripper_wait(self, goal_handle, start) -> GripperResult:
         pending = _Pending()
         with self.lock:
             error = start()
@@ -487,12 +501,14 @@ class MujocoSim(Node):
             self.get_logger().warning(f"gripper command rejected: {error}")
             return GripperResult(False, self.sim.gripper_width(), error)
         while not pending.done.wait(0.05):
-            if goal_handle.is_cancel_requested:
+            if goal_handle.is_cancel_requested or self._draining.is_set():
                 with self.lock:
                     if self._gripper_goal is pending:
                         self.gripper.stop()
                         self._gripper_goal = None
-                return GripperResult(False, self.sim.gripper_width(), "canceled")
+                return GripperResult(False, self.sim.gripper_width(),
+                                     "canceled" if goal_handle.is_cancel_requested
+                                     else "the simulator is shutting down")
         if pending.superseded:
             return GripperResult(False, self.sim.gripper_width(), "preempted by a new command")
         with self.lock:
@@ -682,6 +698,23 @@ class MujocoSim(Node):
         response.message = json.dumps(details)
         return response
 
+    @contextlib.contextmanager
+    def _goal_running(self):
+        """Count an action goal being executed, for ``drain``."""
+        with self.lock:
+            self._running_goals += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._running_goals -= 1
+
+    def drain(self) -> bool:
+        """On a shutdown request: abort running goals (the arm holds); True once none runs."""
+        self._draining.set()
+        with self.lock:
+            return self._running_goals == 0
+
     def shutdown(self) -> None:
         """Stop the physics and camera threads and wait for them."""
         self._stop.set()
@@ -694,5 +727,6 @@ def main(args: list[str] | None = None) -> int:
     node = start_node("mujoco_sim", MujocoSim, args)
     if node is None:
         return 2
-    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4), cleanup=node.shutdown)
+    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=4), drain=node.drain,
+                        cleanup=node.shutdown)
     return 0

@@ -38,6 +38,7 @@ from failrecov_ros.perception.realsense import (
 from failrecov_ros.perception.session import CameraSession, DeviceEvents, SessionConfig, State
 from failrecov_ros.perception.stats import StreamStats
 from failrecov_ros.perception.transforms import camera_transforms, optical_frame
+from failrecov_ros.ros import entry
 from failrecov_ros.ros.conversions import ns_to_time
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import (
@@ -329,7 +330,7 @@ def main(args: list[str] | None = None) -> int:
     exception out of a callback is logged as FATAL with its traceback, and the camera is closed
     cleanly, so a supervisor sees a reason and an exit code rather than a bare traceback).
     """
-    rclpy.init(args=args)
+    entry.init(args)
     logger = rclpy.logging.get_logger("realsense_camera")
     try:
         node = RealSenseCameraNode()
@@ -345,7 +346,7 @@ def main(args: list[str] | None = None) -> int:
     executor.add_node(node)
     broken = False
     try:
-        while rclpy.ok() and not node.failed:
+        while rclpy.ok() and not node.failed and not entry.shutdown_requested():
             executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -96,6 +96,7 @@ class SkillExecutor(Node):
         self.create_subscription(Float64MultiArray, "ee_delta_command", self._on_policy,
                                  event_qos(), callback_group=io)
         self._busy = threading.Lock()
+        self._stopping = False  # a shutdown was requested: stop the running task
         self._goal_handle = None
         self.server = ActionServer(
             self, ExecuteTask, "execute_task", execute_callback=self._execute,
@@ -105,6 +106,16 @@ class SkillExecutor(Node):
         self.get_logger().info(
             f"skill executor for {self.robot}: {len(self.library)} named tasks from {library}; "
             f"controller {self.backend.action_name}")
+
+    def drain(self) -> bool:
+        """On a shutdown request: stop the running task (arm stopped); True once none runs."""
+        self._stopping = True
+        return not self._busy.locked()
+
+    def _cancel_reason(self, goal_handle) -> str:
+        if goal_handle.is_cancel_requested:
+            return "canceled by the client"
+        return "the skill executor is shutting down" if self._stopping else ""
 
     def close(self) -> None:
         """Destroy the action server and clients before the node (their futures first)."""
@@ -168,6 +179,9 @@ class SkillExecutor(Node):
 
     # --- the action ------------------------------------------------------------------------------
     def _on_goal(self, goal) -> GoalResponse:
+        if self._stopping:
+            self.get_logger().warning("rejected a task goal: the executor is shutting down")
+            return GoalResponse.REJECT
         if self._busy.locked():
             self.get_logger().warning("rejected a task goal: another task is running (one "
                                       "active goal at a time)")
@@ -206,7 +220,7 @@ class SkillExecutor(Node):
                     outcome = TaskResult(ResultCode.INVALID_GOAL, str(error))
                     self.get_logger().warning(f"invalid task goal: {error}")
                 else:
-                    outcome = self.runner.run(request, lambda: goal_handle.is_cancel_requested)
+                    outcome = self.runner.run(request, lambda: self._cancel_reason(goal_handle))
             finally:
                 self._goal_handle = None
                 self._busy.release()
@@ -225,5 +239,6 @@ def main(args: list[str] | None = None) -> int:
                       errors=(ValueError, TaskError, OSError), what="cannot start")
     if node is None:
         return 2
-    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=6), cleanup=node.close)
+    spin_until_shutdown(node, MultiThreadedExecutor(num_threads=6), drain=node.drain,
+                        cleanup=node.close)
     return 0

@@ -2,26 +2,75 @@
 
 ``start_node``: rclpy up and the node built, or one FATAL line and no node; each executable's
 ``main`` returns exit code 2 when it gives None, so a launch file or a supervisor sees why a
-node never came up instead of a traceback. ``spin_until_shutdown``: spin until SIGINT or an
-external shutdown, then the node's own clean-up and rclpy's, in that order, whatever happened.
+node never came up instead of a traceback. ``spin_until_shutdown``: spin until SIGINT, SIGTERM
+or an external shutdown, let the node wind down what is running, then the node's own clean-up
+and rclpy's, in that order, whatever happened.
+
+rclpy's own signal handler is not installed: it invalidates the context the moment the signal
+arrives, so a goal still running (a task, a trajectory) dies publishing its feedback and the
+clean-up meets destroyed entities. Here the first SIGINT or SIGTERM only asks for a shutdown
+(``shutdown_requested``); the context stays valid until the node has stopped its work. A second
+signal raises KeyboardInterrupt: stop now.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 N = TypeVar("N")
+
+_shutdown = threading.Event()
+#: s between checks for a shutdown request while spinning.
+POLL_PERIOD = 0.1
+#: s spun after the work drained: the results and responses of the goals it ended go out.
+FLUSH_PERIOD = 0.5
+#: s at most to wait for callbacks already handed to an executor's threads at shutdown.
+CALLBACK_WAIT = 1.0
+
+
+def shutdown_requested() -> bool:
+    """True once SIGINT or SIGTERM arrived (the node should finish what it is doing)."""
+    return _shutdown.is_set()
+
+
+def request_shutdown() -> None:
+    """Ask the spinning node to wind down, as a first SIGINT does."""
+    _shutdown.set()
+
+
+def _on_signal(signum: int, frame) -> None:
+    if _shutdown.is_set():
+        raise KeyboardInterrupt
+    _shutdown.set()
+
+
+def install_signal_handlers() -> None:
+    """First SIGINT/SIGTERM requests a shutdown, a second interrupts (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _on_signal)
+
+
+def init(args: Sequence[str] | None = None) -> None:
+    """``rclpy.init`` with this module's signal handling instead of rclpy's."""
+    _shutdown.clear()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    install_signal_handlers()
 
 
 def start_node(name: str, factory: Callable[[], N], args: Sequence[str] | None = None, *,
                errors: tuple[type[BaseException], ...] = (ValueError,),
                what: str = "bad parameters") -> N | None:
     """``rclpy.init`` then ``factory()``; on one of ``errors`` log FATAL, shut rclpy down."""
-    rclpy.init(args=args)
+    init(args)
     try:
         return factory()
     except errors as error:
@@ -32,10 +81,14 @@ def start_node(name: str, factory: Callable[[], N], args: Sequence[str] | None =
 
 def spin_until_shutdown(node, executor: Executor | None = None, *,
                         start: Callable[[], None] | None = None,
-                        cleanup: Callable[[], None] | None = None) -> None:
-    """Spin ``node`` (one thread unless ``executor`` says otherwise) until SIGINT.
+                        drain: Callable[[], bool] | None = None,
+                        cleanup: Callable[[], None] | None = None,
+                        drain_timeout: float = 10.0) -> None:
+    """Spin ``node`` (one thread unless ``executor`` says otherwise) until a shutdown request.
 
-    ``start`` runs first, inside the same guard (a SIGINT during it stops cleanly too);
+    ``start`` runs first, inside the same guard (a signal during it stops cleanly too).
+    ``drain`` is then called, with the executor still spinning, until it returns True (its
+    running work has ended: goals aborted, the robot stopped) or ``drain_timeout`` s pass;
     ``cleanup`` runs after the executor stopped and before the node is destroyed.
     """
     executor = executor or SingleThreadedExecutor()
@@ -43,12 +96,71 @@ def spin_until_shutdown(node, executor: Executor | None = None, *,
     try:
         if start is not None:
             start()
-        executor.spin()
+        while node.context.ok() and not _shutdown.is_set():
+            executor.spin_once(timeout_sec=POLL_PERIOD)
+        if drain is not None and node.context.ok():
+            deadline = time.monotonic() + drain_timeout
+            while not drain():
+                if time.monotonic() > deadline:
+                    node.get_logger().warning(f"running work did not stop within "
+                                              f"{drain_timeout:.0f} s of the shutdown request")
+                    break
+                executor.spin_once(timeout_sec=POLL_PERIOD)
+            flushed = time.monotonic() + FLUSH_PERIOD
+            while time.monotonic() < flushed:
+                executor.spin_once(timeout_sec=FLUSH_PERIOD / 5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
+        stop_executor(executor, drain_timeout)
         if cleanup is not None:
             cleanup()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def stop_executor(executor: Executor, timeout: float) -> None:
+    """Shut ``executor`` down once the callbacks it already handed to its threads have run.
+
+    A MultiThreadedExecutor destroys its guard condition before it joins its threads, and a
+    callback still queued then fails on it ("cannot use Destroyable"); one that waits on a
+    future that never completes is not waited for longer than ``CALLBACK_WAIT`` s.
+    """
+    deadline = time.monotonic() + min(timeout, CALLBACK_WAIT)
+    for task in list(getattr(executor, "_futures", ())):  # rclpy keeps them there
+        while not task.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    executor.shutdown(timeout_sec=timeout)
+
+
+class BackgroundSpinner:
+    """Spins an executor in a thread while the main thread runs a script (a suite, a test).
+
+    ``stop`` ends the loop, lets the callbacks in flight finish and shuts the executor down,
+    so the node can be destroyed with nothing left running.
+    """
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def start(self) -> BackgroundSpinner:
+        """Begin spinning; returns self."""
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        context = self.executor.context
+        try:
+            while context.ok() and not self._stop.is_set():
+                self.executor.spin_once(timeout_sec=POLL_PERIOD)
+        except ExternalShutdownException:
+            pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the loop and shut the executor down (the node is then safe to destroy)."""
+        self._stop.set()
+        self._thread.join(timeout=timeout)
+        stop_executor(self.executor, timeout)
+
