@@ -232,6 +232,10 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"datagen: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ndatagen: interrupted; the chunks committed and the attempts staged in "
+              f"{args.out} are kept: run the same command to resume", file=sys.stderr)
+        return 130
     rate = result["new_accepted"] / max(result["elapsed_s"], 1e-9) * 60
     print(f"datagen: {result['accepted']} verified samples in {args.out} "
           f"({result['new_accepted']} new, {rate:.0f}/min with {args.workers} workers); "

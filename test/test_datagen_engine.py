@@ -480,6 +480,42 @@ def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert len(ids) == len(set(ids)) and reference["accepted"] >= 8
 
 
+def test_ctrl_c_stops_the_workers_at_once_and_the_run_resumes(tmp_path):
+    """SIGINT to the coordinator only (as ``kill -INT``): workers are stopped, not waited for."""
+    (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
+               str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet",
+               "--workers", "2"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((out / "staging").rglob("*.parquet")):
+        time.sleep(0.02)
+    staged = list((out / "staging").rglob("*.parquet"))
+    process.send_signal(signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=30)
+        gone = time.monotonic() + 10
+        while time.monotonic() < gone and _group_alive(process.pid):
+            time.sleep(0.05)
+        alive = _group_alive(process.pid)
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert staged, "nothing was staged before the interrupt"
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "run the same command to resume" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert not alive, "workers outlived the interrupted run"
+    assert not (out / "README.md").exists()
+    result = generate(from_dict(SMALL), out, 8, workers=2, progress=False)
+    data, attempts = _tables(out)
+    ids = [row["sample_id"] for chunk in attempts for row in chunk]
+    assert len(ids) == len(set(ids)) and result["accepted"] >= 8
+    assert sum(len(chunk) for chunk in data) == result["accepted"]
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path):
     config = from_dict(SMALL)
     generate(config, tmp_path / "run", 1, progress=False)

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,6 +49,13 @@ def _init_worker(config: dict, thresholds: dict, out_dir: str) -> None:
     cfg = from_dict(config)
     _WORKER.update(engine=Engine(cfg, MotionThresholds(**thresholds)), config=cfg,
                    store=dataset.ChunkStore(out_dir, cfg.image_format), parent=os.getppid())
+
+
+def _init_pool_worker(config: dict, thresholds: dict, out_dir: str) -> None:
+    # Ctrl-C reaches the whole process group: the coordinator stops the workers itself,
+    # instead of each printing a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(config, thresholds, out_dir)
 
 
 def run_chunk(chunk: int) -> dict[str, Any]:
@@ -171,10 +179,15 @@ def _run_serial(args, chunks, record, finished) -> None:
 
 
 def _run_parallel(args, chunks, workers, record, finished) -> None:
-    """One pool for the whole run, kept busy with two chunks per worker until ``finished``."""
+    """One pool for the whole run, kept busy with two chunks per worker until ``finished``.
+
+    On KeyboardInterrupt the workers are terminated at once (what they staged is kept; the
+    attempt each was computing is redone on resume) rather than left to finish their chunks.
+    """
     context = multiprocessing.get_context("spawn")  # no inherited GL or physics state
-    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=args) as pool:
+    pool = futures.ProcessPoolExecutor(workers, mp_context=context,
+                                       initializer=_init_pool_worker, initargs=args)
+    try:
         running = {pool.submit(run_chunk, next(chunks)) for _ in range(2 * workers)}
         while running:
             done, running = futures.wait(running, return_when=futures.FIRST_COMPLETED)
@@ -185,6 +198,20 @@ def _run_parallel(args, chunks, workers, record, finished) -> None:
                     job.cancel()
                 return
             running |= {pool.submit(run_chunk, next(chunks)) for _ in done}
+    except KeyboardInterrupt:
+        _terminate_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate_workers(pool: futures.ProcessPoolExecutor) -> None:
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _progress(total: int, enabled: bool):
