@@ -131,17 +131,16 @@ class PhysicsWorldModel:
                   and self._shares_prefix(r.checkpoint, task, stream, targets)
                   and (not keep_states or len(r.states) >= r.checkpoint.index)]
         if usable:
-            branch_from = max(usable, key=lambda r: r.checkpoint.index)
-            branch = branch_from.checkpoint
+            source = max(usable, key=lambda r: r.checkpoint.index)  # the longest shared prefix
+            branch = source.checkpoint
             start = branch.index
             closure = float(branch.closure[-1]) if start > 0 else None
             sim.restore_snapshot(branch.snapshot)
-            rows = [(branch_from.times[i], branch_from.arm_q[i], branch_from.gripper_width[i],
-                     branch_from.tcp_position[i], branch_from.tcp_quat[i],
-                     branch_from.target_pose[i], branch_from.closure[i])
-                    for i in range(start)]
+            rows = [(source.times[i], source.arm_q[i], source.gripper_width[i],
+                     source.tcp_position[i], source.tcp_quat[i], source.target_pose[i],
+                     source.closure[i]) for i in range(start)]
             if keep_states:
-                states = list(branch_from.states[:start])
+                states = list(source.states[:start])
         else:
             sim.reset()
             sim.place_arm(stream.arm_q[0])

@@ -118,6 +118,9 @@ class Outcome:
 
 
 SUCCEEDED = Outcome(MotionStatus.SUCCEEDED)
+#: s at most to wait for a pose of a held object: in the hand it may be out of sight, and then
+#: there is nothing to check rather than something to wait for.
+HELD_POSE_WAIT = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -560,7 +563,7 @@ class TaskRunner:
             return None
         try:
             pose = self._object_pose(name, self.now_ns(),
-                                     min(self.config.object_pose_timeout, 1.0))
+                                     min(self.config.object_pose_timeout, HELD_POSE_WAIT))
         except ObjectPoseError:
             return None  # out of sight in the hand: nothing to go by
         distance = float(np.linalg.norm(np.asarray(pose.position)
