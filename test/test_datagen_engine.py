@@ -480,8 +480,9 @@ def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert len(ids) == len(set(ids)) and reference["accepted"] >= 8
 
 
-def test_ctrl_c_stops_the_workers_at_once_and_the_run_resumes(tmp_path):
-    """SIGINT to the coordinator only (as ``kill -INT``): workers are stopped, not waited for."""
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl_c", "kill_int"])
+def test_sigint_stops_the_workers_at_once_and_the_run_resumes(tmp_path, group):
+    """Ctrl-C (SIGINT to the whole group) or ``kill -INT`` (the coordinator only)."""
     (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
@@ -493,7 +494,10 @@ def test_ctrl_c_stops_the_workers_at_once_and_the_run_resumes(tmp_path):
     while time.monotonic() < deadline and not list((out / "staging").rglob("*.parquet")):
         time.sleep(0.02)
     staged = list((out / "staging").rglob("*.parquet"))
-    process.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
     try:
         _, stderr = process.communicate(timeout=30)
         gone = time.monotonic() + 10

@@ -23,7 +23,7 @@ from rosgraph_msgs.msg import Clock
 from failrecov_ros.datagen.bags import BagError
 from failrecov_ros.evaluation.replay import RecordedTopic, Recording
 from failrecov_ros.ros.conversions import ns_to_time
-from failrecov_ros.ros.entry import shutdown_requested, start_node
+from failrecov_ros.ros.entry import shutdown_requested, start_node, wait_for_shutdown
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE,
                 "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -82,7 +82,9 @@ class BagPlayer(Node):
                                                                    topic_qos(topic))
                 log.info(f"playing {recording.path}: {len(publishers)} topics at rate "
                          f"{self.rate}")
-                time.sleep(self.start_delay_s)  # let subscribers discover the publishers
+                if wait_for_shutdown(self.start_delay_s):  # subscribers discover publishers
+                    log.info("interrupted")
+                    return 0
                 sent, first_ns, started, last_clock = 0, None, time.monotonic(), None
                 for topic, log_ns, raw in recording.messages(publishers):
                     if not rclpy.ok() or shutdown_requested():
@@ -90,8 +92,9 @@ class BagPlayer(Node):
                         return 0
                     first_ns = log_ns if first_ns is None else first_ns
                     delay = started + (log_ns - first_ns) / 1e9 / self.rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                    if delay > 0 and wait_for_shutdown(delay):
+                        log.info("interrupted")
+                        return 0
                     if self.clock_pub is not None and (last_clock is None or
                                                        log_ns - last_clock >= _CLOCK_PERIOD_NS):
                         self.clock_pub.publish(Clock(clock=ns_to_time(log_ns)))

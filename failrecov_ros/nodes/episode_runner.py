@@ -45,7 +45,12 @@ from failrecov_ros.evaluation.closed_loop import DiagnosisRecord, EpisodeResult,
 from failrecov_ros.models.compact import resize_frame
 from failrecov_ros.msg import FailureDiagnosis, SkillStatus
 from failrecov_ros.ros.conversions import duration_to_s, time_to_ns
-from failrecov_ros.ros.entry import BackgroundSpinner, shutdown_requested, start_node
+from failrecov_ros.ros.entry import (
+    BackgroundSpinner,
+    shutdown_requested,
+    start_node,
+    wait_for_shutdown,
+)
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
@@ -180,12 +185,24 @@ class EpisodeRunner(Node):
             time.sleep(0.02)
         return future.result()
 
-    def _cancel(self, handle, name: str, timeout: float = 5.0) -> None:
-        """Cancel a running episode's goal and wait (bounded) for the executor to confirm."""
-        future = handle.cancel_goal_async()
+    def _cancel(self, sent, name: str, timeout: float = 5.0) -> None:
+        """Cancel an episode's goal (``sent``: its send_goal future), waiting boundedly.
+
+        The executor may accept the goal only now; then it confirms the cancel.
+        """
         deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
+
+        def settle(future) -> None:
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        settle(sent)
+        handle = sent.result() if sent.done() else None
+        if handle is None or not handle.accepted:
+            self.get_logger().info(f"interrupted before the goal of {name} was accepted")
+            return
+        future = handle.cancel_goal_async()
+        settle(future)
         confirmed = future.done() and future.result() is not None \
             and len(future.result().goals_canceling) > 0
         self.get_logger().info(f"interrupted: {'canceled' if confirmed else 'could not cancel'} "
@@ -219,7 +236,8 @@ class EpisodeRunner(Node):
                     bags: Path | None) -> tuple[EpisodeResult, list]:
         """One run of ``spec``; recovery (the monitor's takeover) on when ``monitor``."""
         self.setup_sim(spec)
-        time.sleep(self.settle_s)  # the monitor's window and the status start afresh
+        if wait_for_shutdown(self.settle_s):  # the monitor's window and status start afresh
+            raise KeyboardInterrupt
         episode = _Episode(spec, monitor)
         if bags is not None:
             try:
@@ -233,16 +251,16 @@ class EpisodeRunner(Node):
         goal = ExecuteTask.Goal(task_name=spec.task, episode_id=episode_id,
                                 enable_recovery=monitor)
         start = time.monotonic()
+        sent = self.execute.send_goal_async(goal)
         try:
-            handle = self._wait(self.execute.send_goal_async(goal), 30, "execute_task")
+            handle = self._wait(sent, 30, "execute_task")
             if not handle.accepted:
                 raise RuntimeError(f"the executor refused the goal for {spec.name}")
-            try:
-                outcome = self._wait(handle.get_result_async(), self.episode_timeout,
-                                     f"execute_task ({spec.name})")
-            except KeyboardInterrupt:  # the suite is stopped: so is the task it started
-                self._cancel(handle, spec.name)
-                raise
+            outcome = self._wait(handle.get_result_async(), self.episode_timeout,
+                                 f"execute_task ({spec.name})")
+        except KeyboardInterrupt:  # the suite is stopped: so is the task it started
+            self._cancel(sent, spec.name)
+            raise
         finally:
             with self.lock:
                 self.current = None
@@ -283,8 +301,8 @@ class EpisodeRunner(Node):
         began = time.monotonic()
         for spec in self.specs:
             for monitor in RUNS[self.runs]:
-                if not rclpy.ok():
-                    return 130
+                if shutdown_requested() or not rclpy.ok():
+                    raise KeyboardInterrupt
                 done = len(results)
                 eta = (time.monotonic() - began) / done * (total - done) if done else None
                 self.get_logger().info(

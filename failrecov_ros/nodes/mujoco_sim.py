@@ -63,6 +63,9 @@ from failrecov_ros.sim.stretch_controller import BASE_X, BASE_Y, BASE_YAW, Stret
 from failrecov_ros.sim.tasks import TARGET, TASKS, make_task
 from failrecov_ros.sim.variations import validate
 
+#: s clients get to cancel their goals at shutdown before the simulator aborts them.
+SHUTDOWN_GRACE = 0.5
+
 
 @dataclasses.dataclass
 class _Pending:
@@ -131,6 +134,7 @@ class MujocoSim(Node):
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._draining = threading.Event()  # shutdown requested: abort goals, take no more
+        self._drain_started: float | None = None
         self._running_goals = 0
         self.steps_done = 0
         self.frames_published = 0
@@ -427,6 +431,10 @@ class MujocoSim(Node):
 
     def _follow(self, goal_handle, controller, slot: str, on_cancel):
         result = FollowJointTrajectory.Result()
+        if self._draining.is_set():
+            result.error_string = "the simulator is shutting down"
+            goal_handle.abort()
+            return result
         goal = trajectory_goal_from_msg(goal_handle.request)
         pending = _Pending()
         with self.lock:
@@ -489,6 +497,8 @@ class MujocoSim(Node):
             return self._gripper_wait(goal_handle, start)
 
     def _gripper_wait(self, goal_handle, start) -> GripperResult:
+        if self._draining.is_set():
+            return GripperResult(False, self.sim.gripper_width(), "the simulator is shutting down")
         pending = _Pending()
         with self.lock:
             error = start()
@@ -710,8 +720,16 @@ class MujocoSim(Node):
                 self._running_goals -= 1
 
     def drain(self) -> bool:
-        """On a shutdown request: abort running goals (the arm holds); True once none runs."""
-        self._draining.set()
+        """On a shutdown request: abort running goals (the arm holds); True once none runs.
+
+        Clients get ``SHUTDOWN_GRACE`` s to cancel their goals first: a launch stops them
+        together with the simulator, and a client that stops its own motion says why.
+        """
+        now = time.monotonic()
+        if self._drain_started is None:
+            self._drain_started = now
+        if now - self._drain_started >= SHUTDOWN_GRACE:
+            self._draining.set()
         with self.lock:
             return self._running_goals == 0
 

@@ -208,7 +208,10 @@ class SkillExecutor(Node):
                        int(goal.max_recoveries))
 
     def _execute(self, goal_handle):
-        if not self._busy.acquire(blocking=False):
+        if self._stopping:
+            outcome = TaskResult(ResultCode.CANCELED, "the skill executor is shutting down; "
+                                                      "the task was not started")
+        elif not self._busy.acquire(blocking=False):
             outcome = TaskResult(ResultCode.INVALID_GOAL, "another task is running (one active "
                                                           "goal at a time)")
         else:

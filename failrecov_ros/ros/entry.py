@@ -4,18 +4,22 @@
 ``main`` returns exit code 2 when it gives None, so a launch file or a supervisor sees why a
 node never came up instead of a traceback. ``spin_until_shutdown``: spin until SIGINT, SIGTERM
 or an external shutdown, let the node wind down what is running, then the node's own clean-up
-and rclpy's, in that order, whatever happened.
+and rclpy's, in that order.
 
 rclpy's own signal handler is not installed: it invalidates the context the moment the signal
 arrives, so a goal still running (a task, a trajectory) dies publishing its feedback and the
 clean-up meets destroyed entities. Here the first SIGINT or SIGTERM only asks for a shutdown
 (``shutdown_requested``); the context stays valid until the node has stopped its work. A second
-signal raises KeyboardInterrupt: stop now.
+signal (launch sends SIGTERM 5 s after SIGINT) raises KeyboardInterrupt: stop now. A node whose
+running work does not end in time, or is told to stop now while it waits for it, exits at once
+with code 1 and no clean-up: destroying entities a running thread still uses is what breaks.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,11 +38,18 @@ POLL_PERIOD = 0.1
 FLUSH_PERIOD = 0.5
 #: s at most to wait for callbacks already handed to an executor's threads at shutdown.
 CALLBACK_WAIT = 1.0
+#: s a node has to wind down its running work: under launch's sigterm_timeout (5 s).
+DRAIN_TIMEOUT = 4.0
 
 
 def shutdown_requested() -> bool:
     """True once SIGINT or SIGTERM arrived (the node should finish what it is doing)."""
     return _shutdown.is_set()
+
+
+def wait_for_shutdown(timeout: float) -> bool:
+    """Sleep up to ``timeout`` s, waking at a shutdown request; True if one came."""
+    return _shutdown.wait(timeout)
 
 
 def request_shutdown() -> None:
@@ -83,43 +94,58 @@ def spin_until_shutdown(node, executor: Executor | None = None, *,
                         start: Callable[[], None] | None = None,
                         drain: Callable[[], bool] | None = None,
                         cleanup: Callable[[], None] | None = None,
-                        drain_timeout: float = 10.0) -> None:
+                        drain_timeout: float = DRAIN_TIMEOUT) -> None:
     """Spin ``node`` (one thread unless ``executor`` says otherwise) until a shutdown request.
 
     ``start`` runs first, inside the same guard (a signal during it stops cleanly too).
     ``drain`` is then called, with the executor still spinning, until it returns True (its
     running work has ended: goals aborted, the robot stopped) or ``drain_timeout`` s pass;
-    ``cleanup`` runs after the executor stopped and before the node is destroyed.
+    ``cleanup`` runs after the executor stopped and before the node is destroyed. Work that
+    does not drain in time (or a second signal during the drain) ends the process at once.
     """
     executor = executor or SingleThreadedExecutor()
     executor.add_node(node)
+    unfinished = ""
     try:
         if start is not None:
             start()
         while node.context.ok() and not _shutdown.is_set():
             executor.spin_once(timeout_sec=POLL_PERIOD)
         if drain is not None and node.context.ok():
+            unfinished = (f"running work did not stop within {drain_timeout:.0f} s of the "
+                          "shutdown request")
             deadline = time.monotonic() + drain_timeout
-            while not drain():
-                if time.monotonic() > deadline:
-                    node.get_logger().warning(f"running work did not stop within "
-                                              f"{drain_timeout:.0f} s of the shutdown request")
+            while time.monotonic() < deadline:
+                if drain():
+                    unfinished = ""
                     break
                 executor.spin_once(timeout_sec=POLL_PERIOD)
             flushed = time.monotonic() + FLUSH_PERIOD
-            while time.monotonic() < flushed:
+            while not unfinished and time.monotonic() < flushed:
                 executor.spin_once(timeout_sec=FLUSH_PERIOD / 5)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
+        if drain is not None:
+            unfinished = "told to stop now while running work was winding down"
+    except ExternalShutdownException:
         pass
     finally:
-        stop_executor(executor, drain_timeout)
+        if unfinished:
+            _exit_now(node, unfinished)
+        stop_executor(executor)
         if cleanup is not None:
             cleanup()
         node.destroy_node()
         rclpy.try_shutdown()
 
 
-def stop_executor(executor: Executor, timeout: float) -> None:
+def _exit_now(node, why: str) -> None:
+    node.get_logger().error(f"{why}: exiting without clean-up")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def stop_executor(executor: Executor, timeout: float = DRAIN_TIMEOUT) -> None:
     """Shut ``executor`` down once the callbacks it already handed to its threads have run.
 
     A MultiThreadedExecutor destroys its guard condition before it joins its threads, and a
@@ -158,7 +184,7 @@ class BackgroundSpinner:
         except ExternalShutdownException:
             pass
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """End the loop and shut the executor down (the node is then safe to destroy)."""
         self._stop.set()
         self._thread.join(timeout=timeout)

@@ -603,6 +603,7 @@ class TaskRunner:
                               interruptible)
         if outcome.ok:
             return None
+        self._check_cancel()  # ended by a cancel or a shutdown: that, not a controller fault
         message = f"{what}: the trajectory {outcome.status.value}: {outcome.message}"
         if outcome.status in (MotionStatus.ABORTED, MotionStatus.TIMED_OUT):
             message += f" ({self._recover_controller()})"
