@@ -441,14 +441,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
+def _datagen_process(tmp_path, out, output=subprocess.PIPE):
+    """`failrecov datagen` of SMALL (8 samples, 2 workers) in its own process group."""
     (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
-    out = tmp_path / "killed"
     command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
                str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet",
                "--workers", "2"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    return command, subprocess.Popen(command, start_new_session=True, stdout=output,
+                                     stderr=output, text=True)
+
+
+def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "killed"
+    # No pipes: orphaned workers writing into a full one would never get to exit.
+    command, process = _datagen_process(tmp_path, out, subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((out / "attempts").glob("*.parquet")):
         time.sleep(0.05)
@@ -483,13 +489,8 @@ def test_kill_dash_nine_then_resume_loses_and_duplicates_nothing(tmp_path):
 @pytest.mark.parametrize("group", [True, False], ids=["ctrl_c", "kill_int"])
 def test_sigint_stops_the_workers_at_once_and_the_run_resumes(tmp_path, group):
     """Ctrl-C (SIGINT to the whole group) or ``kill -INT`` (the coordinator only)."""
-    (tmp_path / "c.yaml").write_text(json.dumps(SMALL))
     out = tmp_path / "interrupted"
-    command = [sys.executable, "-m", "failrecov_ros.cli", "datagen", "--config",
-               str(tmp_path / "c.yaml"), "--out", str(out), "--samples", "8", "--quiet",
-               "--workers", "2"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    _, process = _datagen_process(tmp_path, out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((out / "staging").rglob("*.parquet")):
         time.sleep(0.02)
