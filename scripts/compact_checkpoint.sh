@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
-# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two hours
+# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About four hours
 # on 2 cores:
 #   1. expert data (the data engine, 2000 + 500 held-out samples) and 30 epochs from scratch;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
 #      faults injected, windows as the monitor takes them; 500 + 60 held-out episodes) and 12
 #      epochs of fine-tuning on both, so the model knows what the runtime's own episodes look
 #      like (the expert-only model reads the executor's pauses as stalls and its missed grasps
-#      as nothing wrong).
+#      as nothing wrong);
+#   3. the 20k expert dataset (its first 2000 samples are step 1's: same seed) and 4 epochs of
+#      fine-tuning on it plus the closed-loop windows twice over (so they stay a quarter of
+#      what the model sees).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
@@ -25,8 +28,19 @@ failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
 mkdir -p "$WORK/mixed/data"
 for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
 for f in "$WORK"/closed_loop/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/cl_$(basename "$f")"; done
-failrecov train --data "$WORK/mixed" --out "$WORK/model" --init "$WORK/expert_model" \
-  --learning-rate 5e-4 --epochs 12 --exclude target_color=purple --seed 0
+failrecov train --data "$WORK/mixed" --out "$WORK/closed_loop_model" \
+  --init "$WORK/expert_model" --learning-rate 5e-4 --epochs 12 --exclude target_color=purple \
+  --seed 0
+failrecov datagen --out "$WORK/d20k" --samples 20000 --workers 2 --seed 0
+mkdir -p "$WORK/mixed20k/data"
+for f in "$WORK"/d20k/data/*.parquet; do ln -sf "$f" "$WORK/mixed20k/data/expert_$(basename "$f")"; done
+for copy in 1 2; do
+  for f in "$WORK"/closed_loop/data/*.parquet; do
+    ln -sf "$f" "$WORK/mixed20k/data/cl${copy}_$(basename "$f")"
+  done
+done
+failrecov train --data "$WORK/mixed20k" --out "$WORK/model" --init "$WORK/closed_loop_model" \
+  --learning-rate 5e-4 --epochs 4 --exclude target_color=purple --seed 0
 failrecov eval dataset --model "$WORK/model" --data "$WORK/heldout" \
   --breakdown target_color=purple > "$WORK/model/heldout.json"
 failrecov eval dataset --model "$WORK/model" --data "$WORK/closed_loop_heldout" \
