@@ -815,6 +815,41 @@ def test_an_unconfirmed_diagnosis_is_enough_once_the_executor_sees_the_failure(k
     assert held and h.clock() - held[0].stamp_ns < 1e9  # acted at once, not after 30 s
 
 
+def test_a_failure_named_once_then_not_still_counts_when_the_executor_sees_it(kin, profile):
+    """The demo's weak close: named at the keyframe, then windows of a lift that looks fine.
+
+    When the lift ends with the cube left behind, that single verdict is what is acted on,
+    though a 'none' window came in between (it breaks the streak, not the record).
+    """
+    h = Harness(kin, profile, confirmations=2, held_max_distance=0.05, diagnosis_wait=30.0)
+    h.robot.points_per_poll = 1
+    on_table = h.runner._object_pose
+
+    def perceived(name, after_ns, timeout):
+        forces = [c[1].force for c in h.robot.calls if c[0] == "gripper"
+                  and c[1].kind == "grasp"]
+        if h.runner.world.held == name and forces[-1] > forces[0]:  # the harder regrasp holds
+            return Pose(tuple(kin.fk(h.robot.q)[:3, 3]))
+        return on_table(name, after_ns, timeout)
+
+    def named_then_not():
+        h.runner.offer_diagnosis(_diagnosis(stamp_ns=h.clock(), stage="grasp",
+                                            failure_type=FailureType.WEAK_CLOSE))
+        h.runner.offer_diagnosis(_diagnosis(stamp_ns=h.clock(), stage="lift", failed=False,
+                                            failure_type=FailureType.NONE))
+
+    h.runner._object_pose = perceived
+    h.when(lambda s: s.skill == "lift" and s.event == "skill_start", named_then_not)
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    assert (result.recoveries_attempted, result.recoveries_succeeded) == (1, 1)
+    assert "window 1 of 2 needed" in h.messages()
+    forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
+    assert forces == pytest.approx([20.0, 30.0])
+    held = [s for s in h.statuses if "holding up to" in s.message]
+    assert held and h.clock() - held[0].stamp_ns < 1e9  # acted at once, not after 30 s
+
+
 def test_cancel_stops_the_robot(kin, profile):
     h = Harness(kin, profile)
     h.robot.points_per_poll = 1

@@ -179,25 +179,36 @@ class Confirmations:
     ``required`` takeover verdicts in a row must name the same failure type; any other
     diagnosis in between starts the count again. One window's false alarm then costs nothing,
     where it would spend a recovery (and the retry budget) on a skill that was going fine.
+
+    ``latest`` outlives the streak: a failure named once (a weak close at the keyframe), then
+    not again by windows that see an arm moving as planned, is still the best account of what
+    went wrong when the executor notices the failure itself (the object stayed behind).
     """
 
     def __init__(self, required: int) -> None:
         self.required = required
         self._count = 0
-        #: The latest takeover diagnosis not yet confirmed: enough on its own once the executor
-        #: notices a failure itself.
+        #: The takeover diagnosis that started or continued the current streak.
         self.pending: Diagnosis | None = None
+        #: The latest takeover diagnosis not acted on, streak or not: enough on its own once
+        #: the executor notices a failure itself (if it is not stale by then).
+        self.latest: Diagnosis | None = None
 
     def reset(self) -> None:
-        """Forget the streak (a diagnosis that disagrees, a recovery, a new episode)."""
+        """Forget the streak (a diagnosis that disagrees)."""
         self._count, self.pending = 0, None
+
+    def forget(self) -> None:
+        """Forget everything (a takeover acted on, a new episode)."""
+        self.reset()
+        self.latest = None
 
     def add(self, diagnosis: Diagnosis) -> int:
         """Count one takeover verdict; how many in a row now name its failure type."""
         if self.pending is None or diagnosis.failure_type is not self.pending.failure_type:
             self._count = 0
         self._count += 1
-        self.pending = diagnosis
+        self.pending = self.latest = diagnosis
         return self._count
 
 

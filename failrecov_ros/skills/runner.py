@@ -798,7 +798,7 @@ class TaskRunner:
                                                 f"{self._confirmations.required} needed to "
                                                 "interrupt a skill that is going fine)")
                     continue
-            self._confirmations.reset()
+            self._confirmations.forget()
             if stop:
                 self._stop(verdict.reason)
             if verdict.action is Action.NEEDS_HELP:
@@ -824,9 +824,9 @@ class TaskRunner:
         self._status_update(message=f"{failure.message}; holding up to {wait:.0f} s for a "
                                     "diagnosis")
         self._object_left = failure.object_left
-        pending = self._confirmations.pending
-        if pending is not None:  # named before the executor saw it fail: that confirms it
-            self._diagnoses.put(pending)
+        named = self._confirmations.latest
+        if named is not None:  # named before the executor saw it fail: that confirms it
+            self._diagnoses.put(named)
         deadline = self._monotonic() + wait
         while self._monotonic() < deadline:
             self._check_cancel()
