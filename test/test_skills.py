@@ -823,14 +823,6 @@ def test_a_failure_named_once_then_not_still_counts_when_the_executor_sees_it(ki
     """
     h = Harness(kin, profile, confirmations=2, held_max_distance=0.05, diagnosis_wait=30.0)
     h.robot.points_per_poll = 1
-    on_table = h.runner._object_pose
-
-    def perceived(name, after_ns, timeout):
-        forces = [c[1].force for c in h.robot.calls if c[0] == "gripper"
-                  and c[1].kind == "grasp"]
-        if h.runner.world.held == name and forces[-1] > forces[0]:  # the harder regrasp holds
-            return Pose(tuple(kin.fk(h.robot.q)[:3, 3]))
-        return on_table(name, after_ns, timeout)
 
     def named_then_not():
         h.runner.offer_diagnosis(_diagnosis(stamp_ns=h.clock(), stage="grasp",
@@ -838,7 +830,7 @@ def test_a_failure_named_once_then_not_still_counts_when_the_executor_sees_it(ki
         h.runner.offer_diagnosis(_diagnosis(stamp_ns=h.clock(), stage="lift", failed=False,
                                             failure_type=FailureType.NONE))
 
-    h.runner._object_pose = perceived
+    _only_a_harder_grasp_holds(h, kin)
     h.when(lambda s: s.skill == "lift" and s.event == "skill_start", named_then_not)
     result = h.runner.run(Request(PICK, "ep"))
     assert result.code is ResultCode.SUCCEEDED, result.message
@@ -937,19 +929,25 @@ def test_a_grasped_object_left_behind_fails_the_move_that_should_have_carried_it
     assert "cube is" in result.message and "did not move with it" in result.message
 
 
-def test_a_force_open_verdict_on_a_cube_left_behind_regrasps_harder(kin, profile):
-    """The demo's weak_close, diagnosed force_open: the executor regrasps with more force."""
-    h = Harness(kin, profile, held_max_distance=0.05)
+def _only_a_harder_grasp_holds(h, kin):
+    """Perception of a weak close: the cube stays on the table until a regrasp squeezes harder."""
     on_table = h.runner._object_pose
 
     def perceived(name, after_ns, timeout):
         forces = [c[1].force for c in h.robot.calls if c[0] == "gripper"
                   and c[1].kind == "grasp"]
-        if h.runner.world.held == name and forces[-1] > forces[0]:  # the harder regrasp holds
+        if h.runner.world.held == name and forces[-1] > forces[0]:
             return Pose(tuple(kin.fk(h.robot.q)[:3, 3]))
         return on_table(name, after_ns, timeout)
 
     h.runner._object_pose = perceived
+
+
+def test_a_force_open_verdict_on_a_cube_left_behind_regrasps_harder(kin, profile):
+    """The demo's weak_close, diagnosed force_open: the executor regrasps with more force."""
+    h = Harness(kin, profile, held_max_distance=0.05)
+
+    _only_a_harder_grasp_holds(h, kin)
     h.when(lambda s: "did not move with it" in s.message,
            lambda: h.runner.offer_diagnosis(_diagnosis(
                stamp_ns=h.clock(), stage="lift", failure_type=FailureType.FORCE_OPEN,
