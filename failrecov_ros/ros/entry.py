@@ -52,11 +52,6 @@ def wait_for_shutdown(timeout: float) -> bool:
     return _shutdown.wait(timeout)
 
 
-def request_shutdown() -> None:
-    """Ask the spinning node to wind down, as a first SIGINT does."""
-    _shutdown.set()
-
-
 def _on_signal(signum: int, frame) -> None:
     if _shutdown.is_set():
         raise KeyboardInterrupt

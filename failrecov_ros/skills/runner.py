@@ -409,7 +409,6 @@ class TaskRunner:
         self._pending_success: int | None = None
         self._gripper_closed = False
         self._grasp_force_scale = 1.0
-        self._object_left = False
         self._recovering = False
         self._progress = 0.0
         for inbox in (self._diagnoses, self._policy):
@@ -771,8 +770,11 @@ class TaskRunner:
             self._sleep(self.config.poll_period)
         return motion.outcome()
 
-    def _check_diagnoses(self, stop: bool) -> None:
-        """Decide on queued diagnoses; a takeover or a call for help stops the robot first."""
+    def _check_diagnoses(self, stop: bool, object_left: bool = False) -> None:
+        """Decide on queued diagnoses; a takeover or a call for help stops the robot first.
+
+        ``object_left``: the failure the executor saw itself was a held object left behind.
+        """
         while True:
             try:
                 diagnosis = self._diagnoses.get_nowait()
@@ -784,7 +786,7 @@ class TaskRunner:
                              enabled=self.request.recovery_enabled,
                              threshold=self.config.recovery.confidence_threshold,
                              budget=self.budget, planned_motion=not self._in_policy_step,
-                             finger_gap=self._finger_gap(), object_left=self._object_left)
+                             finger_gap=self._finger_gap(), object_left=object_left)
             if verdict.failure_type is not None:
                 diagnosis = dataclasses.replace(diagnosis, failure_type=verdict.failure_type)
             if verdict.action is Action.IGNORE:
@@ -823,14 +825,13 @@ class TaskRunner:
             raise _FinishError(failure.code, failure.message)
         self._status_update(message=f"{failure.message}; holding up to {wait:.0f} s for a "
                                     "diagnosis")
-        self._object_left = failure.object_left
         named = self._confirmations.latest
         if named is not None:  # named before the executor saw it fail: that confirms it
             self._diagnoses.put(named)
         deadline = self._monotonic() + wait
         while self._monotonic() < deadline:
             self._check_cancel()
-            self._check_diagnoses(stop=False)
+            self._check_diagnoses(stop=False, object_left=failure.object_left)
             self._sleep(self.config.poll_period)
         raise _FinishError(failure.code, f"{failure.message}; no diagnosis within {wait:.0f} s")
 
@@ -840,7 +841,6 @@ class TaskRunner:
         self.budget.consume()
         self.recoveries_attempted += 1
         self._pending_success = None
-        self._object_left = False
         self._recovering = True
         self._status_update(State.RECOVERING, event="recovery_start",
                             message=f"{takeover.reason} (recovery {self.budget.used}/"
