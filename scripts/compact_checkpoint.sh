@@ -8,9 +8,9 @@
 #      epochs of fine-tuning on both, so the model knows what the runtime's own episodes look
 #      like (the expert-only model reads the executor's pauses as stalls and its missed grasps
 #      as nothing wrong);
-#   3. the 20k expert dataset (its first 2000 samples are step 1's: same seed) and 4 epochs of
-#      fine-tuning on it plus the closed-loop windows twice over (so they stay a quarter of
-#      what the model sees).
+#   3. the 20k expert dataset (step 1's run resumed up to 20000 samples: its first 2000 are
+#      step 1's, not generated twice) and 4 epochs of fine-tuning on it plus the closed-loop
+#      windows twice over (so they stay a quarter of what the model sees).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
@@ -31,9 +31,9 @@ for f in "$WORK"/closed_loop/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/cl
 failrecov train --data "$WORK/mixed" --out "$WORK/closed_loop_model" \
   --init "$WORK/expert_model" --learning-rate 5e-4 --epochs 12 --exclude target_color=purple \
   --seed 0
-failrecov datagen --out "$WORK/d20k" --samples 20000 --workers 2 --seed 0
+failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
 mkdir -p "$WORK/mixed20k/data"
-for f in "$WORK"/d20k/data/*.parquet; do ln -sf "$f" "$WORK/mixed20k/data/expert_$(basename "$f")"; done
+for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed20k/data/expert_$(basename "$f")"; done
 for copy in 1 2; do
   for f in "$WORK"/closed_loop/data/*.parquet; do
     ln -sf "$f" "$WORK/mixed20k/data/cl${copy}_$(basename "$f")"
