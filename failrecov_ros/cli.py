@@ -278,7 +278,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings = TrainConfig(epochs=args.epochs, image_size=args.image_size, seed=args.seed,
                                validation_fraction=args.validation_fraction,
                                threads=args.threads, batch_size=args.batch_size,
-                               learning_rate=args.learning_rate, init=args.init or "")
+                               learning_rate=args.learning_rate, init=args.init or "",
+                               balance=args.balance)
         exclude = parse_filter(args.exclude)
         started = time.monotonic()
         samples = load_samples(args.data, settings.image_size, exclude=exclude or None)
@@ -525,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW peak learning rate")
     p.add_argument("--init", metavar="CHECKPOINT", help="start from this compact checkpoint "
                    "(fine-tune; its architecture and vocabularies are kept)")
+    p.add_argument("--balance", type=float, default=0.0, metavar="EXPONENT",
+                   help="draw windows with probability count(type)**-EXPONENT per epoch "
+                   "(0: each once; 1: every failure type equally often)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate models")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)

@@ -27,6 +27,7 @@ from failrecov_ros.robots import fr3
 from failrecov_ros.training.compact import (
     Samples,
     TrainConfig,
+    epoch_order,
     load_samples,
     predict,
     score,
@@ -233,6 +234,20 @@ def test_training_learns_a_separable_toy_problem(tmp_path):
     assert sum(p.failed == t.failed for p, t in zip(predicted, truth, strict=True)) >= 14
     failed = [p for p in predicted if p.failed]
     assert failed and all(p.correction.directive.keyframe == 2 for p in failed)
+
+
+def test_balanced_epochs_draw_rare_failure_types_as_often_as_common_ones():
+    success, weak_close = _toy_samples(n=2).labels
+    labels = [success] * 90 + [weak_close] * 10
+    index = np.arange(100)
+    rng = np.random.default_rng(0)
+    assert sorted(epoch_order(labels, index, 0.0, rng)) == list(index)  # each window once
+    drawn = np.concatenate([epoch_order(labels, index, 1.0, rng) for _ in range(50)])
+    assert len(drawn) == 5000 and abs(np.mean(drawn >= 90) - 0.5) < 0.03
+    half = np.concatenate([epoch_order(labels, index, 0.5, rng) for _ in range(50)])
+    assert abs(np.mean(half >= 90) - 0.25) < 0.03  # sqrt(10) / (sqrt(10) + sqrt(90))
+    with pytest.raises(ValueError, match="balance"):
+        epoch_order(labels, index, -1.0, rng)
 
 
 SMALL = {"tasks": ["pick_cube"], "attempts_per_episode": 2, "chunk_size": 4,

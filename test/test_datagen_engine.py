@@ -84,8 +84,11 @@ def test_weak_close_scales_until_the_gripper_opens_and_force_open_stays_open():
     stream = stream.replace(closure=np.r_[stream.closure[:30], np.zeros(10)])
     weak = actions.weak_close(stream, 20, 3, 0.1)
     assert np.allclose(weak.closure[20:30], 0.1) and np.all(weak.closure[30:] == 0)
-    opened = actions.force_open(stream, 20, 3)
-    assert np.all(opened.closure[17:24] == 0) and opened.closure[24] == 1.0
+    opened = actions.force_open(stream, 20, 3)  # not a close at k + w + 1: that is a delay
+    assert np.all(opened.closure[17:30] == 0) and np.all(opened.closure[30:] == 0)
+    assert np.array_equal(opened.closure[:17], stream.closure[:17])
+    held = actions.force_open(_stream(), 20, 3)  # a grasp held to the end stays open to the end
+    assert actions.keyframes(held.closure) == []
 
 
 def test_translation_offsets_the_window_and_fades():

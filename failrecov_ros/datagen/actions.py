@@ -7,7 +7,9 @@ transitions between open and close states"), DIGEST section 1.1:
 - ``delay_close``: g'_t = g_{t - delta} on W_k (the close comes delta steps late);
 - ``weak_close``: g'_t = alpha * g_t (a softer closure); a Franka grasp sets its force once,
   so the weaker command holds until the gripper next opens;
-- ``force_open``: g'_t = open on W_k (no closure at the keyframe);
+- ``force_open``: g'_t = open from the start of W_k until the gripper next opens ("fails to
+  close entirely ..., remaining open"); only on W_k the gripper would close at k + w, which is
+  a ``delay_close`` of w and looks the same in every frame;
 - ``translation``: (x'_t, y'_t) = (x_t, y_t) + eps, eps ~ N(0, sigma^2 I2) drawn once per
   sample, on W_k (approach, contact, close), faded in and out so the arm is not asked to jump.
 
@@ -120,21 +122,27 @@ def weak_close(stream: ActionStream, k: int, half_width: int, scale: float) -> A
     """g'_t = scale * g_t from the start of W_k until the gripper next opens."""
     if not 0 < scale < 1:
         raise ValueError(f"scale must be in (0, 1), got {scale}")
-    lo, _ = window(k, half_width, len(stream))
+    lo, end = _grasp_span(stream.closure, k, half_width)
     closure = stream.closure.copy()
-    end = lo
-    while end < len(closure) and (end <= k or closure[end] > 0):
-        end += 1
     closure[lo:end] *= scale
     return stream.replace(closure=closure)
 
 
 def force_open(stream: ActionStream, k: int, half_width: int) -> ActionStream:
-    """g'_t = open on W_k."""
-    lo, hi = window(k, half_width, len(stream))
+    """g'_t = open from the start of W_k until the gripper next opens."""
+    lo, end = _grasp_span(stream.closure, k, half_width)
     closure = stream.closure.copy()
-    closure[lo:hi] = 0.0
+    closure[lo:end] = 0.0
     return stream.replace(closure=closure)
+
+
+def _grasp_span(closure: np.ndarray, k: int, half_width: int) -> tuple[int, int]:
+    """From the start of W_k to the end of the grasp that closes at ``k`` (half-open)."""
+    lo, _ = window(k, half_width, len(closure))
+    end = lo
+    while end < len(closure) and (end <= k or closure[end] > 0):
+        end += 1
+    return lo, end
 
 
 def translation(stream: ActionStream, k: int, half_width: int, offset_xy,

@@ -59,6 +59,10 @@ class TrainConfig:
     #: A checkpoint folder to start from (fine-tuning): its architecture, vocabularies and state
     #: normalisation are kept; "" trains from scratch.
     init: str = ""
+    #: Failure-type rebalancing: each epoch draws windows with probability proportional to
+    #: count(type) ** -balance (0: every window once, in random order; 1: every type equally
+    #: often). Stalls outnumber translations ten to one in generated data.
+    balance: float = 0.0
 
 
 @dataclasses.dataclass
@@ -230,6 +234,19 @@ def split_by_episode(samples: Samples, fraction: float, seed: int) -> tuple[np.n
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def epoch_order(labels: Sequence[Diagnosis], index: np.ndarray, balance: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """One epoch's windows: a permutation, or a type-rebalanced draw of the same length."""
+    if balance < 0:
+        raise ValueError(f"balance must be >= 0, got {balance}")
+    if balance == 0 or len(index) == 0:
+        return rng.permutation(index)
+    types = np.array([labels[i].failure_type.value for i in index])
+    _, inverse, counts = np.unique(types, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(float) ** -balance
+    return rng.choice(index, size=len(index), replace=True, p=weights / weights.sum())
+
+
 def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
           trained_on: str = "", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit a compact model, save it to ``out_dir`` and return the validation report."""
@@ -260,7 +277,7 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     started = time.monotonic()
     for epoch in range(settings.epochs):
         net.train()
-        order = rng.permutation(train_idx)
+        order = epoch_order(samples.labels, train_idx, settings.balance, rng)
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
             index = order[start:start + settings.batch_size]
