@@ -27,7 +27,6 @@ from failrecov_ros.robots import fr3
 from failrecov_ros.training.compact import (
     Samples,
     TrainConfig,
-    _initial,
     epoch_order,
     load_samples,
     predict,
@@ -86,30 +85,6 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     assert loaded.config == CONFIG
     window = _window()
     assert model.predict(window) == loaded.predict(window)
-
-
-def test_fine_tuning_adds_instruction_conditioning_as_an_identity(tmp_path):
-    torch.manual_seed(0)
-    old = CompactNet(CONFIG).eval()  # a checkpoint from before instruction conditioning
-    CompactModel(old).save(tmp_path / "old")
-    saved = json.loads((tmp_path / "old" / "config.json").read_text())
-    del saved["instruction_film"]  # as those checkpoints were written
-    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
-    assert not CompactModel.load(tmp_path / "old").config.instruction_film
-    samples = _toy_samples(n=4)
-    upgraded = _initial(str(tmp_path / "old"), samples, "toy").eval()
-    assert upgraded.config.instruction_film and upgraded.film is not None
-    batch = compact.prepare_batch(CONFIG, samples.frames, samples.state, samples.instructions,
-                                  samples.tasks)
-    with torch.no_grad():
-        before, after = old(**batch), upgraded(**batch)
-        assert all(torch.equal(before[k], after[k]) for k in before)
-        torch.nn.init.normal_(upgraded.film.weight)  # once trained, the words steer the encoder
-        other = compact.prepare_batch(CONFIG, samples.frames, samples.state,
-                                      ["put the blue cube in the bowl"] * 4, samples.tasks)
-        assert not torch.allclose(upgraded(**batch)["failure"], upgraded(**other)["failure"])
-    CompactModel(upgraded).save(tmp_path / "new")
-    assert CompactModel.load(tmp_path / "new").config == upgraded.config
 
 
 def test_folding_batch_norms_keeps_every_head_output():

@@ -5,9 +5,7 @@ decides translation failures) turns each frame into keypoints; the robot state o
 (joint positions, gripper width) is appended; a temporal convolution over the window feeds
 heads for the failure type, the stage, the FailSafe 7-DoF delta and the Dream2Fix directive
 (direction, bins, gripper command, keyframe). The instruction enters as hashed words and the
-task as an embedding; with ``instruction_film`` they also scale and shift the encoder's
-features (FiLM), so the keypoints can follow the object the instruction names rather than
-every cube in view. Checkpoints are ``model.safetensors`` + ``config.json`` in a folder.
+task as an embedding. Checkpoints are ``model.safetensors`` + ``config.json`` in a folder.
 """
 
 from __future__ import annotations
@@ -67,9 +65,6 @@ class CompactConfig:
     word_buckets: int = 256
     keypoints: int = 32
     hidden: int = 128
-    #: Condition the encoder on instruction and task (FiLM). Off in checkpoints saved before
-    #: it existed; ``failrecov train`` turns it on (a fine-tune adds it as an identity).
-    instruction_film: bool = False
     state_mean: tuple[float, ...] = ()
     state_std: tuple[float, ...] = ()
     trained_on: str = ""
@@ -136,10 +131,6 @@ class CompactNet(nn.Module):
             nn.Conv1d(h, h, 3, padding=1), nn.ReLU(inplace=True))
         self.words = nn.EmbeddingBag(config.word_buckets, 32, mode="mean")
         self.task = nn.Embedding(len(config.tasks) + 1, 16)
-        self.film = nn.Linear(32 + 16, 2 * 64) if config.instruction_film else None
-        if self.film is not None:  # starts as the identity: an upgraded checkpoint is unchanged
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
         self.trunk = nn.Sequential(nn.Linear(3 * h + 32 + 16, 256), nn.ReLU(inplace=True),
                                    nn.Dropout(0.1), nn.Linear(256, 256), nn.ReLU(inplace=True))
         n_kf = config.window_frames + 1
@@ -156,12 +147,7 @@ class CompactNet(nn.Module):
         """Frames (B, T, 3, S, S) in [0, 1]; state (B, T, n_joints + 1) normalised."""
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
-        text = torch.cat([self.words(words, word_offsets), self.task(task)], dim=1)
         trunk = self.encoder[:4](flat)
-        if self.film is not None:
-            scale, shift = self.film(text).repeat_interleave(t, dim=0)[:, :, None, None].chunk(
-                2, dim=1)
-            trunk = trunk * (1.0 + scale) + shift
         keypoints = self.encoder[4:](trunk)
         per_frame = torch.cat([keypoints, self.appearance(trunk), self.state(state.flatten(0, 1))],
                               dim=1).view(b, t, -1)
@@ -169,7 +155,7 @@ class CompactNet(nn.Module):
         sequence = self.temporal(torch.cat([per_frame, motion], dim=2).transpose(1, 2))
         pooled = torch.cat([sequence.mean(dim=2), sequence.amax(dim=2), sequence[:, :, -1]],
                            dim=1)
-        context = torch.cat([pooled, text], dim=1)
+        context = torch.cat([pooled, self.words(words, word_offsets), self.task(task)], dim=1)
         features = self.trunk(context)
         return {name: head(features) for name, head in self.heads.items()}
 

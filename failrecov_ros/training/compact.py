@@ -266,7 +266,7 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
             tasks=tuple(sorted(set(samples.tasks))),
             state_mean=tuple(float(v) for v in flat_state.mean(0)),
             state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)),
-            instruction_film=True, trained_on=trained_on)
+            trained_on=trained_on)
         net = CompactNet(config)
     targets = _targets(config, samples.labels)
     optimiser = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
@@ -312,17 +312,9 @@ def _initial(path: str, samples: Samples, trained_on: str) -> CompactNet:
     """The checkpoint at ``path`` to fine-tune; its shapes must fit the samples.
 
     Its stages and tasks stay the vocabularies (labels with other stages train no stage head),
-    and its state normalisation stays, so the weights see the inputs they were trained on. A
-    checkpoint from before instruction conditioning gets it, as an identity to learn from.
+    and its state normalisation stays, so the weights see the inputs they were trained on.
     """
     net = compact.CompactModel.load(path).net
-    if not net.config.instruction_film:
-        upgraded = CompactNet(dataclasses.replace(net.config, instruction_film=True))
-        missing, unexpected = upgraded.load_state_dict(net.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("film.") for k in missing):
-            raise ValueError(f"{path}: cannot add instruction conditioning (missing {missing}, "
-                             f"unexpected {unexpected})")
-        net = upgraded
     c = net.config
     shape = (samples.frames.shape[1], samples.frames.shape[2], samples.state.shape[-1] - 1)
     if (c.window_frames, c.image_size, c.n_joints) != shape:
