@@ -13,10 +13,9 @@
 #      windows twice over (so they stay a quarter of what the model sees);
 #   4. 4 more epochs on the same windows drawn by failure type (--balance 0.5: stalls outnumber
 #      translations ten to one).
-# The shipped checkpoint went through these steps with the code of its day: its step 1 had no
-# instruction conditioning (step 4 added it), and its step 3 data had force_open rows made with
-# the old operator (step 4 trained on 1204 regenerated ones instead, seed 3). Run now, every
-# step has both.
+# The shipped checkpoint went through these steps with the code of its day: its step 3 data had
+# force_open rows made with the old operator (step 4 trained on 1204 regenerated ones instead,
+# seed 3, in place of those); run now, every step has the corrected operator.
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
