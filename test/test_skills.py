@@ -565,7 +565,8 @@ class Harness:
         recovery = RecoveryConfig(diagnosis_wait=config.pop("diagnosis_wait", 2.0),
                                   trajectory_wait=0.0,
                                   max_recoveries=config.pop("max_recoveries", 2),
-                                  interrupt_confirmations=config.pop("confirmations", 1))
+                                  interrupt_confirmations=config.pop("confirmations", 1),
+                                  regrasp_left_behind=config.pop("regrasp_left_behind", True))
         self.poses = {"cube": CUBE} if poses is None else poses
         # These poses stay where they are, a grasped cube too: no held-object check unless asked.
         config.setdefault("held_max_distance", 0.0)
@@ -941,6 +942,25 @@ def _only_a_harder_grasp_holds(h, kin):
         return on_table(name, after_ns, timeout)
 
     h.runner._object_pose = perceived
+
+
+def test_a_cube_left_behind_with_no_diagnosis_is_regrasped_harder(kin, profile):
+    """The executor's own evidence (closed hand, cube left behind) is enough for a regrasp."""
+    h = Harness(kin, profile, held_max_distance=0.05, diagnosis_wait=0.2)
+    _only_a_harder_grasp_holds(h, kin)
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.SUCCEEDED, result.message
+    assert (result.recoveries_attempted, result.recoveries_succeeded) == (1, 1)
+    forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
+    assert forces == pytest.approx([20.0, 30.0])
+    assert "the executor's own evidence" in h.messages()
+
+    h = Harness(kin, profile, held_max_distance=0.05, diagnosis_wait=0.2,
+                regrasp_left_behind=False)
+    _only_a_harder_grasp_holds(h, kin)
+    result = h.runner.run(Request(PICK, "ep"))
+    assert result.code is ResultCode.FAILED and "no diagnosis within" in result.message
+    assert result.recoveries_attempted == 0
 
 
 def test_a_force_open_verdict_on_a_cube_left_behind_regrasps_harder(kin, profile):

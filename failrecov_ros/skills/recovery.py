@@ -16,7 +16,13 @@ import enum
 import math
 from collections.abc import Sequence
 
-from failrecov_ros.core.schema import CorrectionKind, Diagnosis
+from failrecov_ros.core.schema import (
+    Correction,
+    CorrectionKind,
+    Diagnosis,
+    Directive,
+    GripperCommand,
+)
 from failrecov_ros.core.taxonomy import FailureType
 from failrecov_ros.skills.steps import GRASP, GRIPPER, Step
 
@@ -41,6 +47,9 @@ class RecoveryConfig:
     trajectory_wait: float = 0.5  # s it waits for the monitor's trajectory of a diagnosis
     use_monitor_trajectory: bool = True
     weak_close_force_scale: float = 1.5  # grasp force factor for the regrasp after weak_close
+    # A closed hand that lifted without its object (the executor sees it stay behind) is
+    # regrasped harder, as for a diagnosed weak_close, when no usable diagnosis comes in time.
+    regrasp_left_behind: bool = True
     # Windows in a row that must name the same failure before the monitor may stop a skill
     # that is running fine by the executor's own measure (a failure the executor noticed
     # itself needs one).
@@ -171,6 +180,19 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
                                              "recoveries is spent")
     return Assessment(Action.TAKEOVER, f"taking over for {what}: {d.summary}".rstrip(": "),
                       acted_on)
+
+
+def left_behind(episode_id: str, stamp_ns: int, open_width: float) -> Diagnosis:
+    """The executor's own account of a held object left behind: the hand closed but did not hold.
+
+    That is a weak close whatever the monitor says (Dream2Fix's operators differ only in the
+    closure), and its correction is the one a diagnosed weak_close gets: re-close, harder.
+    """
+    return Diagnosis(True, FailureType.WEAK_CLOSE, 1.0, "keyframe",
+                     "The hand closed and lifted, but the object stayed behind. Regrasp harder.",
+                     Correction(CorrectionKind.DIRECTIVE, (0.0,) * 6 + (-open_width,), "base",
+                                Directive(gripper=GripperCommand.CLOSE, keyframe=0)),
+                     episode_id=episode_id, stamp_ns=stamp_ns, model_name="executor")
 
 
 class Confirmations:

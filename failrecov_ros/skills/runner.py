@@ -43,6 +43,7 @@ from failrecov_ros.skills.recovery import (
     RecoveryConfig,
     RetryBudget,
     assess,
+    left_behind,
     resume_point,
 )
 from failrecov_ros.skills.steps import (
@@ -833,7 +834,14 @@ class TaskRunner:
             self._check_cancel()
             self._check_diagnoses(stop=False, object_left=failure.object_left)
             self._sleep(self.config.poll_period)
-        raise _FinishError(failure.code, f"{failure.message}; no diagnosis within {wait:.0f} s")
+        message = f"{failure.message}; no diagnosis within {wait:.0f} s"
+        if failure.object_left and self.config.recovery.regrasp_left_behind \
+                and self.budget.remaining > 0:
+            raise _TakeoverError(left_behind(self.request.episode_id, self.now_ns(),
+                                             self.config.profile.open_width),
+                                 f"{message}: regrasping harder (weak_close, the executor's own "
+                                 "evidence: the hand closed and the object stayed behind)")
+        raise _FinishError(failure.code, message)
 
     # --- recovery -------------------------------------------------------------------------------
     def _recover(self, steps: Sequence[Step], index: int, takeover: _TakeoverError) -> int:

@@ -113,6 +113,7 @@ _FIELDS: dict[str, tuple[type, str]] = {
         ("stale_grace_s", "stale_grace"), ("trajectory_wait_s", "trajectory_wait"),
         ("use_monitor_trajectory", "use_monitor_trajectory"),
         ("weak_close_force_scale", "weak_close_force_scale"),
+        ("regrasp_left_behind", "regrasp_left_behind"),
         ("interrupt_confirmations", "interrupt_confirmations"))},
     # The tool speed is the skills' default move speed and the planner's (one value).
     "motion.speed": (SkillProfile, "speed"),
