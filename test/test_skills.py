@@ -953,7 +953,7 @@ def test_a_cube_left_behind_with_no_diagnosis_is_regrasped_harder(kin, profile):
     assert (result.recoveries_attempted, result.recoveries_succeeded) == (1, 1)
     forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
     assert forces == pytest.approx([20.0, 30.0])
-    assert "the executor's own evidence" in h.messages()
+    assert "taking over for weak_close on the executor's own evidence" in h.messages()
 
     h = Harness(kin, profile, held_max_distance=0.05, diagnosis_wait=0.2,
                 regrasp_left_behind=False)

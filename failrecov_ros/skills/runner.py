@@ -837,10 +837,12 @@ class TaskRunner:
         message = f"{failure.message}; no diagnosis within {wait:.0f} s"
         if failure.object_left and self.config.recovery.regrasp_left_behind \
                 and self.budget.remaining > 0:
+            # Worded like every takeover ("taking over for TYPE ..."), which is how the
+            # episode runner counts the failure types acted on.
             raise _TakeoverError(left_behind(self.request.episode_id, self.now_ns(),
                                              self.config.profile.open_width),
-                                 f"{message}: regrasping harder (weak_close, the executor's own "
-                                 "evidence: the hand closed and the object stayed behind)")
+                                 f"taking over for weak_close on the executor's own evidence "
+                                 f"(the hand closed and the object stayed behind): {message}")
         raise _FinishError(failure.code, message)
 
     # --- recovery -------------------------------------------------------------------------------
