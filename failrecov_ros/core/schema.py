@@ -96,6 +96,15 @@ class Correction:
     ee_frame: str = "base"
     directive: Directive | None = None
 
+    @classmethod
+    def close_gripper(cls, keyframe: int, max_gripper_width: float) -> Correction:
+        """The Dream2Fix gripper fix in both forms: close at ``keyframe``.
+
+        As a directive, and as a delta that shuts the fingers from fully open.
+        """
+        return cls(CorrectionKind.DIRECTIVE, (0.0,) * 6 + (-float(max_gripper_width),), "base",
+                   Directive(gripper=GripperCommand.CLOSE, keyframe=keyframe))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; absent forms are omitted."""
         out: dict[str, Any] = {"kind": self.kind.value}

@@ -46,7 +46,6 @@ from failrecov_ros.core.schema import (
     CorrectionKind,
     Diagnosis,
     Directive,
-    GripperCommand,
     validate,
 )
 from failrecov_ros.core.taxonomy import FailureType
@@ -290,7 +289,9 @@ def failure_label(spec: CollectEpisode, window: MonitorWindow, line: Timeline,
         ftype = (FailureType.TRANSLATION_X if abs(offset[0]) >= abs(offset[1])
                  else FailureType.TRANSLATION_Y)
         stage = "pre_grasp" if spec.task in GRASPING else "push"
-        delta = (float(-offset[0]), float(-offset[1]), 0.0, 0.0, 0.0, 0.0, 0.0)
+        correction = Correction(CorrectionKind.DIRECTIVE, (float(-offset[0]), float(-offset[1]),
+                                                           0.0, 0.0, 0.0, 0.0, 0.0), "base",
+                                directive)
         moves = " and ".join(f"{'+' if d > 0 else '-'}{a} for {n} steps" for a, d, n in
                              (("x", directive.dir_x, directive.bins_x),
                               ("y", directive.dir_y, directive.bins_y)) if n)
@@ -299,15 +300,13 @@ def failure_label(spec: CollectEpisode, window: MonitorWindow, line: Timeline,
     else:
         stamps = np.asarray(window.stamps_ns)
         keyframe = int(np.argmin(np.abs(stamps - line.keyframe_ns))) if line.keyframe_ns else 0
-        directive = Directive(gripper=GripperCommand.CLOSE, keyframe=keyframe)
+        correction = Correction.close_gripper(keyframe, max_gripper_width)
         ftype, stage = FailureType(spec.fault), "keyframe"
-        delta = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -float(max_gripper_width))
         text = {"force_open": "The gripper never closed at the keyframe.",
                 "weak_close": "The gripper closed too softly and the object was not held."}
         summary = f"{text[spec.fault]} Close the gripper at frame {keyframe}."
-    return Diagnosis(True, ftype, 1.0, stage, summary,
-                     Correction(CorrectionKind.DIRECTIVE, delta, "base", directive),
-                     task=task, instruction=instruction)
+    return Diagnosis(True, ftype, 1.0, stage, summary, correction, task=task,
+                     instruction=instruction)
 
 
 def none_label(window: MonitorWindow) -> Diagnosis:

@@ -467,14 +467,17 @@ class Engine:
             fix = np.array(directive.displacement(d2f.metres_per_bin)[:2])
             fixed_stream = actions.translation(perturbed_stream, k, w, fix)
             ftype, stage = FailureType(spec.mode), "pre_grasp"
-            delta = (float(fix[0]), float(fix[1]), 0.0, 0.0, 0.0, 0.0, 0.0)
+            correction = Correction(CorrectionKind.DIRECTIVE, (float(fix[0]), float(fix[1]), 0.0,
+                                                               0.0, 0.0, 0.0, 0.0), "base",
+                                    directive)
         else:
-            directive = Directive(gripper=GripperCommand.CLOSE, keyframe=keyframe_in_clip)
+            correction = Correction.close_gripper(keyframe_in_clip,
+                                                  context.sim.binding.max_gripper_width)
+            directive = correction.directive
             at = clip[keyframe_in_clip]
             fixed_stream = perturbed_stream.replace(
                 closure=close_from(perturbed_stream.closure, stream.closure, at, k))
             ftype, stage = FailureType(spec.mode), "keyframe"
-            delta = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -float(context.sim.binding.max_gripper_width))
         if branch:
             branch = {"branch_from": (reference, perturbed)}
         fixed = self.world_model.rollout(task, fixed_stream, keep_states=False, **branch)
@@ -487,8 +490,7 @@ class Engine:
         reasons += [f"unsafe perturbed motion: {v}" for v in kinematic.violations]
         reasons += [f"unsafe correction: {v}" for v in fixed_kinematic.violations]
         summary = _dream2fix_summary(ftype, directive, spec)
-        diagnosis = Diagnosis(True, ftype, 1.0, stage, summary,
-                              Correction(CorrectionKind.DIRECTIVE, delta, "base", directive),
+        diagnosis = Diagnosis(True, ftype, 1.0, stage, summary, correction,
                               task=task.name, instruction=task.instruction)
         return self._finish(spec, context, perturbed, clip, diagnosis, scores, reasons, 0)
 

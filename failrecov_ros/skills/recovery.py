@@ -16,13 +16,7 @@ import enum
 import math
 from collections.abc import Sequence
 
-from failrecov_ros.core.schema import (
-    Correction,
-    CorrectionKind,
-    Diagnosis,
-    Directive,
-    GripperCommand,
-)
+from failrecov_ros.core.schema import Correction, CorrectionKind, Diagnosis
 from failrecov_ros.core.taxonomy import FailureType
 from failrecov_ros.skills.steps import GRASP, GRIPPER, Step
 
@@ -190,8 +184,7 @@ def left_behind(episode_id: str, stamp_ns: int, open_width: float) -> Diagnosis:
     """
     return Diagnosis(True, FailureType.WEAK_CLOSE, 1.0, "keyframe",
                      "The hand closed and lifted, but the object stayed behind. Regrasp harder.",
-                     Correction(CorrectionKind.DIRECTIVE, (0.0,) * 6 + (-open_width,), "base",
-                                Directive(gripper=GripperCommand.CLOSE, keyframe=0)),
+                     Correction.close_gripper(0, open_width),
                      episode_id=episode_id, stamp_ns=stamp_ns, model_name="executor")
 
 
