@@ -320,13 +320,19 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
     predicted = predict(model.net, samples)
     result = {"model": str(args.model), "data": str(args.data), "filter": args.only,
               "all": score(predicted, samples.labels, args.keyframe_tolerance)}
+    subsets = {}
     for factor_value in args.breakdown:
         wanted = parse_filter([factor_value])
-        index = [i for i, v in enumerate(samples.variations) if matches_variation(v, wanted)]
+        subsets[factor_value] = [i for i, v in enumerate(samples.variations)
+                                 if matches_variation(v, wanted)]
+    if args.by_type:
+        for ftype in sorted({label.failure_type.value for label in samples.labels}):
+            subsets[f"type={ftype}"] = [i for i, label in enumerate(samples.labels)
+                                        if label.failure_type.value == ftype]
+    for name, index in subsets.items():
         if index:
-            result[factor_value] = score([predicted[i] for i in index],
-                                         [samples.labels[i] for i in index],
-                                         args.keyframe_tolerance)
+            result[name] = score([predicted[i] for i in index],
+                                 [samples.labels[i] for i in index], args.keyframe_tolerance)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -539,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only samples with this variation")
     q.add_argument("--breakdown", action="append", default=[], metavar="FACTOR=VALUE",
                    help="also report the subset with this variation")
+    q.add_argument("--by-type", action="store_true",
+                   help="also report each true failure type's samples (type=...)")
     q.add_argument("--keyframe-tolerance", type=int, default=2,
                    help="Dream2Fix delta_k in frames")
     q.add_argument("--threads", type=_positive_int, default=2)

@@ -282,8 +282,21 @@ def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
     assert scored.returncode == 0, scored.stderr
     metrics = json.loads(scored.stdout)
     # The command reports exactly what the paper metrics give on the model's own predictions.
-    assert metrics["all"] == score(predict(model.net, samples), samples.labels)
+    predicted = predict(model.net, samples)
+    assert metrics["all"] == score(predicted, samples.labels)
     assert metrics["all"]["samples"] == len(samples)
+    by_type = subprocess.run(
+        [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
+         "--data", str(generated), "--by-type"], capture_output=True, text=True, timeout=600)
+    assert by_type.returncode == 0, by_type.stderr
+    per_type = {k: v for k, v in json.loads(by_type.stdout).items() if k.startswith("type=")}
+    types = {label.failure_type.value for label in samples.labels}
+    assert set(per_type) == {f"type={t}" for t in types} and len(types) >= 2
+    assert sum(v["samples"] for v in per_type.values()) == len(samples)
+    for name, result in per_type.items():
+        index = [i for i, label in enumerate(samples.labels)
+                 if f"type={label.failure_type.value}" == name]
+        assert result == score([predicted[i] for i in index], [samples.labels[i] for i in index])
 
 
 def test_filters_hold_a_variation_out(generated):
