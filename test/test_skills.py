@@ -948,12 +948,15 @@ def test_a_cube_left_behind_with_no_diagnosis_is_regrasped_harder(kin, profile):
     """The executor's own evidence (closed hand, cube left behind) is enough for a regrasp."""
     h = Harness(kin, profile, held_max_distance=0.05, diagnosis_wait=0.2)
     _only_a_harder_grasp_holds(h, kin)
+    asked = []  # no monitor saw this diagnosis: waiting for its trajectory would only cost time
+    h.runner._monitor_trajectory = lambda stamp_ns, wait: asked.append(stamp_ns)
     result = h.runner.run(Request(PICK, "ep"))
     assert result.code is ResultCode.SUCCEEDED, result.message
     assert (result.recoveries_attempted, result.recoveries_succeeded) == (1, 1)
     forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
     assert forces == pytest.approx([20.0, 30.0])
     assert "taking over for weak_close on the executor's own evidence" in h.messages()
+    assert asked == []
 
     h = Harness(kin, profile, held_max_distance=0.05, diagnosis_wait=0.2,
                 regrasp_left_behind=False)
@@ -973,12 +976,15 @@ def test_a_force_open_verdict_on_a_cube_left_behind_regrasps_harder(kin, profile
                stamp_ns=h.clock(), stage="lift", failure_type=FailureType.FORCE_OPEN,
                correction=Correction(CorrectionKind.DIRECTIVE, directive=Directive(
                    gripper=GripperCommand.CLOSE, keyframe=3)))))
+    asked = []  # a monitor's diagnosis: its trajectory may come, so the executor asks for it
+    h.runner._monitor_trajectory = lambda stamp_ns, wait: asked.append(stamp_ns)
     result = h.runner.run(Request(PICK, "ep"))
     assert result.code is ResultCode.SUCCEEDED, result.message
     forces = [c[1].force for c in h.robot.calls if c[0] == "gripper" and c[1].kind == "grasp"]
     assert forces == pytest.approx([20.0, 30.0])
     assert "read as weak_close" in h.messages()
     assert h.runner.recoveries_attempted == 1
+    assert len(asked) == 1
 
 
 def test_a_grasped_object_that_rides_with_the_gripper_passes_the_check(kin, profile):

@@ -176,6 +176,11 @@ def assess(diagnosis: Diagnosis, *, episode_id: str, since_ns: int, enabled: boo
                       acted_on)
 
 
+#: ``model_name`` of the diagnoses the executor makes itself: no monitor saw them, so no monitor
+#: trajectory will come for them.
+EXECUTOR_MODEL_NAME = "executor"
+
+
 def left_behind(episode_id: str, stamp_ns: int, open_width: float) -> Diagnosis:
     """The executor's own account of a held object left behind: the hand closed but did not hold.
 
@@ -185,7 +190,8 @@ def left_behind(episode_id: str, stamp_ns: int, open_width: float) -> Diagnosis:
     return Diagnosis(True, FailureType.WEAK_CLOSE, 1.0, "keyframe",
                      "The hand closed and lifted, but the object stayed behind. Regrasp harder.",
                      Correction.close_gripper(0, open_width),
-                     episode_id=episode_id, stamp_ns=stamp_ns, model_name="executor")
+                     episode_id=episode_id, stamp_ns=stamp_ns,
+                     model_name=EXECUTOR_MODEL_NAME)
 
 
 class Confirmations:

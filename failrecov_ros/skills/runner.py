@@ -38,6 +38,7 @@ from failrecov_ros.skills.library import Pose, TaskError, TaskSpec
 from failrecov_ros.skills.motion import JointPath, MotionLimits, plan_cartesian, plan_joint
 from failrecov_ros.skills.objects import ObjectPoseError
 from failrecov_ros.skills.recovery import (
+    EXECUTOR_MODEL_NAME,
     Action,
     Confirmations,
     RecoveryConfig,
@@ -919,7 +920,8 @@ class TaskRunner:
                                gripper_width=width,
                                max_gripper_width=self.config.profile.open_width,
                                motion=self.config.motion, speed=self.config.profile.slow_speed)
-        if not rc.use_monitor_trajectory or not plan.ok:
+        if (not rc.use_monitor_trajectory or not plan.ok
+                or diagnosis.model_name == EXECUTOR_MODEL_NAME):  # no monitor trajectory coming
             return plan, plan.path
         fields = self._monitor_trajectory(diagnosis.stamp_ns, rc.trajectory_wait)
         if fields is None:
