@@ -15,6 +15,7 @@ from failrecov_ros.datagen.dataset import (
     open_or_create,
     write_card,
 )
+from failrecov_ros.evaluation import metrics
 
 CHUNK = 4  # attempts per chunk
 CONFIG = {"robot": "fr3", "chunk_size": CHUNK, "generators": ["slip", "failsafe"]}
@@ -210,6 +211,19 @@ def test_card_counts_and_retention(tmp_path):
     assert "| visible | 0.45 | 0 | 8 |" in text and "| moved | 0.5 | 0 | 8 |" in text
     assert "accepted samples: 4 (target: 10)" in text
     assert "attempts: 8 (8 candidate rows)" in text and "crashed attempts: 1" in text
+
+
+def test_card_reports_how_far_labels_of_one_run_agree(tmp_path):
+    store = open_or_create(tmp_path, CONFIG)
+    # One run (attempt 3), three windows: deltas +x, +x and -x pairwise agree 1, -1, -1.
+    rows = [make_row(3, pair, True) for pair in (1, 2, 3)]
+    rows[2]["ee_delta"] = [-0.03, 0.0, 0.02, 0.0, 0.0, -0.1, -1.0]
+    store.commit(0, rows, attempts=[3])
+    text = write_card(tmp_path, command="datagen", config=CONFIG, target_samples=None)
+    section = text.split("## Label agreement within a failed run")[1].split("## ")[0]
+    assert "| translation_x | 3 | -0.3" in section  # about (1 - 1 - 1) / 3
+    expected = metrics.label_agreement([(0, "translation_x", r["ee_delta"]) for r in rows])
+    assert f"| translation_x | 3 | {expected['translation_x'][1]:.3f} |" in section
 
 
 def test_encode_frames_validates():

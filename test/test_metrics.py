@@ -101,6 +101,19 @@ def test_delta_cosine():
     assert metrics.delta_cosine([OK, same_direction, OK], [gt, gt, OK]) == pytest.approx(0.5)
 
 
+def test_label_agreement_pairs_labels_of_one_run_and_type_only():
+    x, y, minus_x = (1, 0, 0, 0, 0, 0, 0), (0, 1, 0, 0, 0, 0, 0), (-1, 0, 0, 0, 0, 0, 0)
+    labels = [("run1", "translation_x", x), ("run1", "translation_x", y),
+              ("run1", "translation_x", minus_x),  # pairs: x.y 0, x.-x -1, y.-x 0
+              ("run2", "stall", x), ("run2", "stall", x),  # one pair, cosine 1
+              ("run3", "stall", minus_x),  # alone in its run: no pair with run2's labels
+              ("run2", "translation_x", y)]  # another type in run2: not paired with stalls
+    agreement = metrics.label_agreement(labels)
+    assert agreement["translation_x"] == (3, pytest.approx(-1 / 3))
+    assert agreement["stall"] == (1, pytest.approx(1.0))
+    assert metrics.label_agreement([("r", "stall", x)]) == {}
+
+
 def test_rouge_l_hand_computed():
     # LCS("the cat sat on the mat", "the cat is on the mat") = "the cat on the mat" = 5 tokens
     score = metrics.rouge_l("the cat sat on the mat", "the cat is on the mat")

@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
+from failrecov_ros.evaluation import metrics
+
 _LOG = logging.getLogger(__name__)
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 _TMP = ".tmp"
@@ -370,6 +372,15 @@ def write_card(out_dir: str | os.PathLike, *, command: str, config: dict,
         "## Retention (accepted / attempted rows)",
         _retention(rows, "failure_type"), _retention(rows, "generator"),
         "## Rejection reasons", _table(("reason", "rows"), reasons.most_common()),
+        "## Label agreement within a failed run",
+        "Mean cosine between the 7-DoF dA labels of two accepted windows of the same run (same "
+        "episode, same injected fault). FailSafe matches each deviated pose to a corrective "
+        "pose drawn at random along the clean run: where this is low, much of a label's dA is "
+        "chance, not something the window shows.",
+        _table(("failure_type", "pairs", "mean cosine"),
+               ((t, n, f"{c:.3f}") for t, (n, c) in metrics.label_agreement(
+                   ((r["episode_seed"], r["parameters_json"]), r["failure_type"], r["ee_delta"])
+                   for r in accepted if r["failed"] and r["ee_delta"]).items())),
         "## Verifier scores over all rows (booleans count as 0/1)",
         _table(("score", "mean", "min", "rows"),
                ((k, f"{np.mean(v):.4g}", f"{min(v):.4g}", len(v))

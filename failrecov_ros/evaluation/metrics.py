@@ -8,8 +8,10 @@ that means nothing.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 
 from failrecov_ros.core.schema import Diagnosis, Directive
 from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, family
@@ -117,6 +119,24 @@ def delta_cosine(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> 
     if not values:
         raise ValueError("no failures with an end-effector delta among the labels")
     return sum(values) / len(values)
+
+
+def label_agreement(
+        labels: Iterable[tuple[Hashable, str, Sequence[float]]]) -> dict[str, tuple[int, float]]:
+    """Per failure type: pairs, and mean cosine between dA labels of windows of one failed run.
+
+    ``labels`` are (run, failure type, dA). FailSafe cuts several windows from each failed run
+    and matches each deviated pose to a corrective pose drawn at random along the clean run,
+    so two labels of the same failure may point different ways: where they agree little, much
+    of dA is chance rather than something a model could see in the window.
+    """
+    runs: dict[tuple[Hashable, str], list[Sequence[float]]] = defaultdict(list)
+    for run, failure_type, delta in labels:
+        runs[(run, failure_type)].append(delta)
+    values: dict[str, list[float]] = defaultdict(list)
+    for (_, failure_type), deltas in runs.items():
+        values[failure_type] += [cosine(a, b) for a, b in itertools.combinations(deltas, 2)]
+    return {t: (len(v), sum(v) / len(v)) for t, v in sorted(values.items()) if v}
 
 
 def rouge_l(candidate: str, reference: str, beta: float = 1.0) -> float:
