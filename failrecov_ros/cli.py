@@ -279,7 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                validation_fraction=args.validation_fraction,
                                threads=args.threads, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, init=args.init or "",
-                               balance=args.balance)
+                               balance=args.balance,
+                               robot="" if args.robot == "none" else args.robot)
         exclude = parse_filter(args.exclude)
         started = time.monotonic()
         samples = load_samples(args.data, settings.image_size, exclude=exclude or None)
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance", type=float, default=0.0, metavar="EXPONENT",
                    help="draw windows with probability count(type)**-EXPONENT per epoch "
                    "(0: each once; 1: every failure type equally often)")
+    p.add_argument("--robot", default="fr3", choices=["fr3", "stretch", "none"],
+                   help="whose forward kinematics give the network each frame's tool pose "
+                   "(none: joint angles only, as checkpoints before this input)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate models")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)

@@ -1,5 +1,6 @@
 """Compact model: valid outputs by construction, checkpoints, the diagnose() wrapper, training."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from failrecov_ros.models import compact
 from failrecov_ros.models.base import ModelLoadError, Window, diagnose
 from failrecov_ros.models.compact import CompactConfig, CompactModel, CompactNet
 from failrecov_ros.robots import fr3
+from failrecov_ros.robots.kinematics import make_kinematics
 from failrecov_ros.training.compact import (
     Samples,
     TrainConfig,
@@ -316,3 +318,43 @@ def test_filters_hold_a_variation_out(generated):
 def test_a_folder_without_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="failrecov datagen"):
         load_samples(tmp_path, image_size=32)
+
+
+def test_the_pose_input_is_the_tool_pose_and_a_missing_joint_state_its_mean():
+    home = np.array(fr3.HOME)
+    tool = make_kinematics("fr3").fk(home)
+    features = compact.pose_features("fr3", np.stack([home, np.zeros(7)]))
+    np.testing.assert_allclose(features[0], np.concatenate([tool[:3, 3], tool[:3, 0],
+                                                            tool[:3, 1]]), atol=1e-6)
+    assert np.isnan(features[1]).all()  # no joints, no pose: not the pose of zero angles
+    config = dataclasses.replace(CONFIG, robot="fr3", pose_mean=tuple(features[0]),
+                                 pose_std=(0.1,) * compact.POSE_FEATURES)
+    state = np.zeros((1, 4, 8), np.float32)
+    state[0, :2, :7] = home
+    state[0, 3, :7] = home + 0.1  # the last frame: the tool moved
+    batch = compact.prepare_batch(config, np.zeros((1, 4, 32, 32, 3), np.uint8), state,
+                                  ["pick"], ["pick_cube"])
+    pose = batch["pose"][0].numpy()
+    assert np.abs(pose[:3]).max() < 1e-5 and np.abs(pose[3]).max() > 0.1  # home, home, none; moved
+    net = CompactNet(config).eval()
+    with pytest.raises(ValueError, match="tool pose"):
+        net(**{k: v for k, v in batch.items() if k != "pose"})
+    camera_only = dataclasses.replace(_window(), joint_positions=None)
+    assert not diagnose(CompactModel(net), camera_only).is_unknown
+
+
+def test_fine_tuning_an_older_checkpoint_adds_the_pose_input_as_an_identity(tmp_path):
+    torch.manual_seed(0)
+    old = CompactModel(CompactNet(CONFIG))
+    old.save(tmp_path / "old")
+    samples = _toy_samples(n=8)
+    train(samples, TrainConfig(epochs=0, init=str(tmp_path / "old"), validation_fraction=0),
+          tmp_path / "grown")
+    grown = CompactModel.load(tmp_path / "grown")
+    assert grown.config.robot == "fr3" and len(grown.config.pose_std) == compact.POSE_FEATURES
+    assert min(grown.config.pose_std) >= 0.05  # near-constant rotation terms are not blown up
+    window = _window()
+    assert grown.predict(window) == old.predict(window)  # same function until it trains
+    with pytest.raises(ValueError, match="takes the fr3's tool pose, not the stretch's"):
+        train(samples, TrainConfig(epochs=0, init=str(tmp_path / "grown"), robot="stretch"),
+              tmp_path / "other")

@@ -188,6 +188,18 @@ def test_a_model_that_fails_to_load_is_reported_and_the_node_stays_up(peer, tmp_
         assert process.poll() is None  # up, not crash-looping
 
 
+def test_a_checkpoint_trained_on_another_robot_is_refused_with_the_reason(peer, tmp_path):
+    config = CompactConfig(window_frames=WINDOW, image_size=32, stages=("approach",),
+                           tasks=("pick_cube",), robot="stretch")
+    CompactModel(CompactNet(config)).save(tmp_path / "stretch")
+    with _monitor(f"model.path:={tmp_path / 'stretch'}") as process:  # an fr3 monitor
+        assert wait_until(lambda: peer.last_status() is not None
+                          and peer.last_status().level == peer.last_status().ERROR, 30)
+        assert "trained on the stretch's joints" in peer.last_status().message
+        assert "robot is the fr3" in peer.last_status().message
+        assert process.poll() is None
+
+
 def test_on_request_analysis_of_what_is_buffered(peer, checkpoint):
     # Also the multi-threaded executor (inference in its own callback group), for slow models.
     # The request comes seconds after the frames (service discovery): allow windows that old,

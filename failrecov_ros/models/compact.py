@@ -5,7 +5,10 @@ decides translation failures) turns each frame into keypoints; the robot state o
 (joint positions, gripper width) is appended; a temporal convolution over the window feeds
 heads for the failure type, the stage, the FailSafe 7-DoF delta and the Dream2Fix directive
 (direction, bins, gripper command, keyframe). The instruction enters as hashed words and the
-task as an embedding. Checkpoints are ``model.safetensors`` + ``config.json`` in a folder.
+task as an embedding. A checkpoint that names its robot also gets the tool pose of each frame
+(forward kinematics of the joints): a translation failure is the tool a few centimetres from
+where it belongs, which joint angles state only through a nonlinear map and a 96-pixel frame
+only to a pixel or two. Checkpoints are ``model.safetensors`` + ``config.json`` in a folder.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import copy
 import dataclasses
 import functools
 import json
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +41,7 @@ from failrecov_ros.core.schema import (
 )
 from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, axis
 from failrecov_ros.models.base import ModelLoadError, Window
+from failrecov_ros.robots.kinematics import ROBOTS, Kinematics, make_kinematics
 
 #: Classes of the type head: success first, then every failure type a model may name.
 TYPES = (FailureType.NONE.value,) + tuple(
@@ -51,6 +56,8 @@ _DIRECTIVE_TYPES = frozenset({FailureType.TRANSLATION_X.value,
                               FailureType.TRANSLATION_Y.value}) | {
     t.value for t in GRIPPER_TYPES}
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+#: Tool pose features per frame: position (m) and the first two columns of the rotation.
+POSE_FEATURES = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +74,11 @@ class CompactConfig:
     hidden: int = 128
     state_mean: tuple[float, ...] = ()
     state_std: tuple[float, ...] = ()
+    #: Robot whose forward kinematics turn each frame's joints into a tool pose input; "" for
+    #: none (checkpoints from before it).
+    robot: str = ""
+    pose_mean: tuple[float, ...] = ()
+    pose_std: tuple[float, ...] = ()
     trained_on: str = ""
 
     def __post_init__(self) -> None:
@@ -79,6 +91,12 @@ class CompactConfig:
             value = getattr(self, name)
             if value and len(value) != n_state:
                 raise ValueError(f"{name} has {len(value)} values, expected {n_state}")
+        if self.robot and self.robot not in ROBOTS:
+            raise ValueError(f"unknown robot {self.robot!r}; known: {', '.join(ROBOTS)}")
+        for name in ("pose_mean", "pose_std"):
+            value = getattr(self, name)
+            if value and len(value) != POSE_FEATURES:
+                raise ValueError(f"{name} has {len(value)} values, expected {POSE_FEATURES}")
 
     def to_json(self) -> str:
         """Readable JSON (tuples become lists)."""
@@ -125,6 +143,12 @@ class CompactNet(nn.Module):
         self.appearance = nn.Sequential(_conv(64, 64, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         n_state = config.n_joints + 1
         self.state = nn.Sequential(nn.Linear(n_state, 32), nn.ReLU(inplace=True))
+        # Added to the state embedding before its ReLU; zero-initialised, so adding it to a
+        # trained network leaves that network's function as it was.
+        self.pose = nn.Linear(POSE_FEATURES, 32) if config.robot else None
+        if self.pose is not None:
+            nn.init.zeros_(self.pose.weight)
+            nn.init.zeros_(self.pose.bias)
         per_frame = 2 * k + 64 + 32
         self.temporal = nn.Sequential(
             nn.Conv1d(2 * per_frame, h, 3, padding=1), nn.ReLU(inplace=True),
@@ -143,13 +167,23 @@ class CompactNet(nn.Module):
         })
 
     def forward(self, frames: torch.Tensor, state: torch.Tensor, words: torch.Tensor,
-                word_offsets: torch.Tensor, task: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frames (B, T, 3, S, S) in [0, 1]; state (B, T, n_joints + 1) normalised."""
+                word_offsets: torch.Tensor, task: torch.Tensor,
+                pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Head logits and regressions for a batch.
+
+        Frames (B, T, 3, S, S) in [0, 1]; state (B, T, n_joints + 1) and pose (B, T, 9)
+        normalised (pose only for a network with a robot).
+        """
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
         trunk = self.encoder[:4](flat)
         keypoints = self.encoder[4:](trunk)
-        per_frame = torch.cat([keypoints, self.appearance(trunk), self.state(state.flatten(0, 1))],
+        robot_state = self.state[0](state.flatten(0, 1))
+        if self.pose is not None:
+            if pose is None:
+                raise ValueError(f"this network takes the {self.config.robot}'s tool pose")
+            robot_state = robot_state + self.pose(pose.flatten(0, 1))
+        per_frame = torch.cat([keypoints, self.appearance(trunk), self.state[1](robot_state)],
                               dim=1).view(b, t, -1)
         motion = per_frame - torch.cat([per_frame[:, :1], per_frame[:, :-1]], dim=1)
         sequence = self.temporal(torch.cat([per_frame, motion], dim=2).transpose(1, 2))
@@ -215,6 +249,34 @@ def state_matrix(joint_positions: np.ndarray | None, gripper_width: np.ndarray |
     return state
 
 
+_KINEMATICS = threading.local()  # pinocchio's scratch data is per thread
+
+
+def _kinematics(robot: str) -> Kinematics:
+    cache = _KINEMATICS.__dict__
+    if robot not in cache:
+        cache[robot] = make_kinematics(robot)
+    return cache[robot]
+
+
+def pose_features(robot: str, joint_positions: np.ndarray) -> np.ndarray:
+    """(..., 9) tool pose of (..., n_joints) joint rows: position, then rotation columns 1-2.
+
+    Two rotation columns are a continuous code of an orientation (Euler angles jump). A row
+    of zeros is a frame with no joint state (a camera-only window) and gets NaNs, which
+    :func:`prepare_batch` turns into the normalised mean.
+    """
+    q = np.asarray(joint_positions, dtype=np.float64)
+    kinematics = _kinematics(robot)
+    flat = q.reshape(-1, q.shape[-1])[:, :len(kinematics.joint_names)]
+    out = np.full((len(flat), POSE_FEATURES), np.nan)
+    for i, row in enumerate(flat):
+        if np.any(row):
+            pose = kinematics.fk(row)
+            out[i] = np.concatenate([pose[:3, 3], pose[:3, 0], pose[:3, 1]])
+    return out.reshape(*q.shape[:-1], POSE_FEATURES).astype(np.float32)
+
+
 def pad_window(array: np.ndarray, frames: int) -> np.ndarray:
     """Exactly ``frames`` entries.
 
@@ -238,7 +300,7 @@ def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
         offsets.append(len(ids))
         ids += hash_words(text, config.word_buckets)
     task_ids = [config.tasks.index(t) + 1 if t in config.tasks else 0 for t in tasks]
-    return {
+    batch = {
         "frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 1, 4, 2, 3)
         .float().div_(255.0),
         "state": torch.from_numpy((state - mean) / std),
@@ -246,6 +308,12 @@ def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
         "word_offsets": torch.tensor(offsets, dtype=torch.long),
         "task": torch.tensor(task_ids, dtype=torch.long),
     }
+    if config.robot:
+        pose = pose_features(config.robot, state[..., :config.n_joints])
+        pose_mean = np.asarray(config.pose_mean or [0.0] * POSE_FEATURES, dtype=np.float32)
+        pose_std = np.asarray(config.pose_std or [1.0] * POSE_FEATURES, dtype=np.float32)
+        batch["pose"] = torch.from_numpy(np.nan_to_num((pose - pose_mean) / pose_std, nan=0.0))
+    return batch
 
 
 def decode_outputs(config: CompactConfig, outputs: dict[str, torch.Tensor],

@@ -101,7 +101,7 @@ class RecoveryMonitor(LifecycleNode):
         robot = v("robot")
         if robot not in _ROBOTS:
             raise ValueError(f"robot must be one of {sorted(_ROBOTS)}, got {robot!r}")
-        self.robot = _ROBOTS[robot]
+        self.robot, self.robot_name = _ROBOTS[robot], robot
         model = {name: v(f"model.{name}") for name in (
             "backend", "path", "name", "endpoint", "served_name", "api_key_env", "timeout_s",
             "retries", "max_new_tokens", "max_images", "threads", "device")}
@@ -152,6 +152,7 @@ class RecoveryMonitor(LifecycleNode):
         """Load the model once; a failure leaves the node inactive with the reason reported."""
         try:
             self.model = self._load(self.spec)
+            self._check_robot(self.model)
         except (ModelLoadError, ValueError, OSError, ImportError) as exc:
             self.model_error = f"model {self.spec.display_name} failed to load: {exc}"
             self.get_logger().error(self.model_error)
@@ -160,6 +161,19 @@ class RecoveryMonitor(LifecycleNode):
         self.model_error = ""
         self.get_logger().info(f"model {self.model.name} loaded; monitoring")
         return super().on_activate(state)
+
+    def _check_robot(self, model: DiagnosisModel) -> None:
+        """Refuse a model trained on another robot's joints.
+
+        A compact checkpoint's tool pose input is forward kinematics of one arm: fed another
+        arm's angles, it would see a tool pose that is not there.
+        """
+        trained_for = getattr(getattr(model, "config", None), "robot", "")
+        if trained_for and trained_for != self.robot_name:
+            self.model = None
+            model.close()
+            raise ModelLoadError(f"it was trained on the {trained_for}'s joints and this "
+                                 f"monitor's robot is the {self.robot_name}")
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop analysing and free the model."""

@@ -34,6 +34,7 @@ from failrecov_ros.models.compact import (
     TYPES,
     CompactConfig,
     CompactNet,
+    pose_features,
     prepare_batch,
     state_matrix,
 )
@@ -63,6 +64,10 @@ class TrainConfig:
     #: count(type) ** -balance (0: every window once, in random order; 1: every type equally
     #: often). Stalls outnumber translations ten to one in generated data.
     balance: float = 0.0
+    #: Robot whose forward kinematics give the network each frame's tool pose ("" for none).
+    #: Fine-tuning a checkpoint without it adds it (zero-initialised, so training starts from
+    #: the checkpoint's function).
+    robot: str = "fr3"
 
 
 @dataclasses.dataclass
@@ -255,7 +260,7 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     rng = np.random.default_rng(settings.seed)
     train_idx, val_idx = split_by_episode(samples, settings.validation_fraction, settings.seed)
     if settings.init:
-        net = _initial(settings.init, samples, trained_on)
+        net = _initial(settings.init, samples, trained_on, settings.robot, train_idx)
         config = net.config
     else:
         stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
@@ -267,6 +272,7 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
             state_mean=tuple(float(v) for v in flat_state.mean(0)),
             state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)),
             trained_on=trained_on)
+        config = _with_pose(config, settings.robot, samples, train_idx)
         net = CompactNet(config)
     targets = _targets(config, samples.labels)
     optimiser = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
@@ -308,11 +314,28 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     return report
 
 
-def _initial(path: str, samples: Samples, trained_on: str) -> CompactNet:
+def _with_pose(config: CompactConfig, robot: str, samples: Samples,
+               train_idx: np.ndarray) -> CompactConfig:
+    """``config`` taking ``robot``'s tool pose, normalised by the training windows' poses."""
+    if not robot:
+        return config
+    pose = pose_features(robot, samples.state[train_idx, :, :config.n_joints])
+    pose = pose.reshape(-1, pose.shape[-1])
+    pose = pose[np.isfinite(pose).all(axis=1)]
+    if not len(pose):
+        raise ValueError("no training window has joint positions for the tool pose input")
+    return dataclasses.replace(config, robot=robot,
+                               pose_mean=tuple(float(v) for v in pose.mean(0)),
+                               pose_std=tuple(float(max(v, 0.05)) for v in pose.std(0)))
+
+
+def _initial(path: str, samples: Samples, trained_on: str, robot: str,
+             train_idx: np.ndarray) -> CompactNet:
     """The checkpoint at ``path`` to fine-tune; its shapes must fit the samples.
 
     Its stages and tasks stay the vocabularies (labels with other stages train no stage head),
-    and its state normalisation stays, so the weights see the inputs they were trained on.
+    and its state normalisation stays, so the weights see the inputs they were trained on. A
+    checkpoint without the tool pose input gets it, zero-initialised, when ``robot`` is set.
     """
     net = compact.CompactModel.load(path).net
     c = net.config
@@ -321,8 +344,19 @@ def _initial(path: str, samples: Samples, trained_on: str) -> CompactNet:
         raise ValueError(f"{path}: window_frames, image_size, n_joints "
                          f"{(c.window_frames, c.image_size, c.n_joints)} do not fit the "
                          f"samples' {shape}")
-    net.config = dataclasses.replace(c, trained_on=f"{trained_on}; fine-tuned from {path} "
-                                                   f"({c.trained_on})")
+    if c.robot and robot and c.robot != robot:
+        raise ValueError(f"{path} takes the {c.robot}'s tool pose, not the {robot}'s")
+    config = dataclasses.replace(c, trained_on=f"{trained_on}; fine-tuned from {path} "
+                                               f"({c.trained_on})")
+    if robot and not c.robot:
+        config = _with_pose(config, robot, samples, train_idx)
+        grown = CompactNet(config)
+        missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+        if unexpected or set(missing) != {"pose.weight", "pose.bias"}:
+            raise RuntimeError(f"adding the pose input to {path}: missing {missing}, "
+                               f"unexpected {unexpected}")
+        return grown
+    net.config = config
     return net
 
 
