@@ -288,10 +288,14 @@ def pad_window(array: np.ndarray, frames: int) -> np.ndarray:
 
 
 def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
-                  instructions: list[str], tasks: list[str]) -> dict[str, torch.Tensor]:
+                  instructions: list[str], tasks: list[str],
+                  pose: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Tensors for :meth:`CompactNet.forward`.
 
     From uint8 frames (B, T, S, S, 3), already resized, and raw state (B, T, n_joints + 1).
+    ``pose`` is :func:`pose_features` of that state when the caller has it already (training
+    computes it once, not every epoch); otherwise it is computed here for a network with a
+    robot.
     """
     mean = np.asarray(config.state_mean or [0.0] * state.shape[-1], dtype=np.float32)
     std = np.asarray(config.state_std or [1.0] * state.shape[-1], dtype=np.float32)
@@ -309,7 +313,8 @@ def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
         "task": torch.tensor(task_ids, dtype=torch.long),
     }
     if config.robot:
-        pose = pose_features(config.robot, state[..., :config.n_joints])
+        if pose is None:
+            pose = pose_features(config.robot, state[..., :config.n_joints])
         pose_mean = np.asarray(config.pose_mean or [0.0] * POSE_FEATURES, dtype=np.float32)
         pose_std = np.asarray(config.pose_std or [1.0] * POSE_FEATURES, dtype=np.float32)
         batch["pose"] = torch.from_numpy(np.nan_to_num((pose - pose_mean) / pose_std, nan=0.0))

@@ -259,8 +259,13 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng(settings.seed)
     train_idx, val_idx = split_by_episode(samples, settings.validation_fraction, settings.seed)
+    # Every window's tool pose, once: for the input's normalisation and for every epoch.
+    # (The state's last column is the gripper width.)
+    poses = (pose_features(settings.robot, samples.state[..., :-1]) if settings.robot
+             else None)
     if settings.init:
-        net = _initial(settings.init, samples, trained_on, settings.robot, train_idx)
+        net = _initial(settings.init, samples, trained_on, settings.robot,
+                       None if poses is None else poses[train_idx])
         config = net.config
     else:
         stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
@@ -272,8 +277,11 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
             state_mean=tuple(float(v) for v in flat_state.mean(0)),
             state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)),
             trained_on=trained_on)
-        config = _with_pose(config, settings.robot, samples, train_idx)
+        if poses is not None:
+            config = _with_pose(config, settings.robot, poses[train_idx])
         net = CompactNet(config)
+    if config.robot and poses is None:  # a checkpoint with the input, fine-tuned with robot ""
+        poses = pose_features(config.robot, samples.state[..., :config.n_joints])
     targets = _targets(config, samples.labels)
     optimiser = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
@@ -290,7 +298,8 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
             frames = _augment(samples.frames[index], rng, settings.max_shift_px)
             batch = prepare_batch(config, frames, samples.state[index],
                                   [samples.instructions[i] for i in index],
-                                  [samples.tasks[i] for i in index])
+                                  [samples.tasks[i] for i in index],
+                                  pose=None if poses is None else poses[index])
             loss = loss_fn(net(**batch), {k: v[index] for k, v in targets.items()})
             optimiser.zero_grad()
             loss.backward()
@@ -314,13 +323,9 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
     return report
 
 
-def _with_pose(config: CompactConfig, robot: str, samples: Samples,
-               train_idx: np.ndarray) -> CompactConfig:
+def _with_pose(config: CompactConfig, robot: str, train_poses: np.ndarray) -> CompactConfig:
     """``config`` taking ``robot``'s tool pose, normalised by the training windows' poses."""
-    if not robot:
-        return config
-    pose = pose_features(robot, samples.state[train_idx, :, :config.n_joints])
-    pose = pose.reshape(-1, pose.shape[-1])
+    pose = train_poses.reshape(-1, train_poses.shape[-1])
     pose = pose[np.isfinite(pose).all(axis=1)]
     if not len(pose):
         raise ValueError("no training window has joint positions for the tool pose input")
@@ -330,7 +335,7 @@ def _with_pose(config: CompactConfig, robot: str, samples: Samples,
 
 
 def _initial(path: str, samples: Samples, trained_on: str, robot: str,
-             train_idx: np.ndarray) -> CompactNet:
+             train_poses: np.ndarray | None) -> CompactNet:
     """The checkpoint at ``path`` to fine-tune; its shapes must fit the samples.
 
     Its stages and tasks stay the vocabularies (labels with other stages train no stage head),
@@ -349,7 +354,7 @@ def _initial(path: str, samples: Samples, trained_on: str, robot: str,
     config = dataclasses.replace(c, trained_on=f"{trained_on}; fine-tuned from {path} "
                                                f"({c.trained_on})")
     if robot and not c.robot:
-        config = _with_pose(config, robot, samples, train_idx)
+        config = _with_pose(config, robot, train_poses)
         grown = CompactNet(config)
         missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
         if unexpected or set(missing) != {"pose.weight", "pose.bias"}:
