@@ -92,6 +92,7 @@ def test_summary_figures_match_a_hand_count():
     assert s["fault_detection_rate"] == pytest.approx(0.5)
     assert s["fault_type_accuracy"] == pytest.approx(0.5)
     assert (s["false_alarm_episodes"], s["nominal_episodes"]) == (1, 1)
+    assert s["false_alarm_episodes_acted_on"] == 0  # one slip window: no takeover
     # Latencies 10, 20, 30, 40 ms: linear-interpolation percentiles.
     assert s["latency_ms_p50"] == pytest.approx(25.0)
     assert s["latency_ms_p95"] == pytest.approx(38.5)
@@ -101,7 +102,16 @@ def test_summary_figures_match_a_hand_count():
                                                "success_with": 1, "diagnosed": 1}
     table = cl.render_table(s)
     assert "task success with the monitor" in table and "67% (2/3)" in table
-    assert "50% of 2" in table
+    assert "50% of 2" in table and "1 / 0 of 1" in table
+
+
+def test_a_false_alarm_the_executor_acted_on_is_counted_as_such():
+    none = EpisodeSpec(0, "pick_cube", 1)
+    results = [EpisodeResult(none, False, 0, "", 10.0, 10.0),
+               EpisodeResult(none, True, 0, "", 14.0, 14.0, 1, 1, ["slip"],
+                             [_d("slip"), _d("slip")])]
+    s = cl.summarize(results)
+    assert (s["false_alarm_episodes"], s["false_alarm_episodes_acted_on"]) == (1, 1)
 
 
 def test_success_is_the_simulators_predicate_not_the_executors_word():

@@ -1,11 +1,13 @@
 """Metric functions against hand-computed cases (DIGEST 1.5 and 3.5 definitions)."""
 
+import dataclasses
 import math
 
 import pytest
 
 from failrecov_ros.core.labels import parse_dream2fix, parse_failsafe
-from failrecov_ros.core.schema import Diagnosis
+from failrecov_ros.core.schema import Correction, CorrectionKind, Diagnosis, Directive
+from failrecov_ros.core.taxonomy import FailureType
 from failrecov_ros.evaluation import metrics
 
 
@@ -84,8 +86,33 @@ def test_dream2fix_accuracy_averages_over_its_failure_types_only():
     truth = [TRANS_GT, GRIP_GT, OK]
     predicted = [TRANS_GT, UNKNOWN, OK]
     assert metrics.dream2fix_correction_accuracy(predicted, truth) == 0.5
-    with pytest.raises(ValueError, match="no translation or gripper failures"):
+    with pytest.raises(ValueError, match="no Dream2Fix labels"):
         metrics.dream2fix_correction_accuracy([OK], [OK])
+
+
+def failsafe_label(failure_type, delta):
+    """A FailSafe-procedure label the way the data engine writes it: dA, and dA binned."""
+    return Diagnosis(True, FailureType(failure_type), 1.0, "lift", "",
+                     Correction(CorrectionKind.EE_DELTA, delta, "base",
+                                Directive(dir_z=1, bins_z=2)))
+
+
+def test_each_correction_metric_scores_its_own_papers_labels():
+    # An early release whose dA leaves the gripper alone: its directive has no keyframe, so
+    # the gripper formula would give even the label itself 2/3. It is FailSafe's to score.
+    early = failsafe_label("early_release", (0.0, 0.0, 0.02, 0.0, 0.0, 0.0, 0.0))
+    assert metrics.is_failsafe_label(early) and not metrics.is_dream2fix_label(early)
+    assert metrics.dream2fix_correction_score(early, early) == pytest.approx(2 / 3)
+    truth = [TRANS_GT, GRIP_GT, early]
+    assert metrics.dream2fix_correction_accuracy(truth, truth) == 1.0
+    # A Dream2Fix gripper fix restated as a delta (fingers shut) is not a FailSafe dA: only
+    # the early release counts, and a prediction without a delta scores it 0.
+    grip = dataclasses.replace(GRIP_GT, correction=Correction.close_gripper(31, 0.08))
+    assert metrics.is_dream2fix_label(grip) and not metrics.is_failsafe_label(grip)
+    assert metrics.delta_cosine([grip, grip, OK], [grip, grip, early]) == 0.0
+    assert metrics.delta_cosine([grip, early], [grip, early]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no FailSafe labels"):
+        metrics.delta_cosine([grip], [grip])
 
 
 def test_delta_cosine():

@@ -9,10 +9,12 @@ import pytest
 
 from failrecov_ros.core import taxonomy
 from failrecov_ros.core.schema import (
+    MAX_BINS,
     MODEL_OUTPUT_SCHEMA,
     RECORD_SCHEMA,
     CorrectionKind,
     Diagnosis,
+    Directive,
     GripperCommand,
     SchemaError,
     diagnose_from_text,
@@ -237,3 +239,14 @@ def test_record_integers_must_fit():
         validate({**record, "window_frames": 2**32}, record=True)
     with pytest.raises(SchemaError, match="stamp_ns"):
         validate({**record, "stamp_ns": 2**31 * 10**9}, record=True)
+
+
+@pytest.mark.parametrize("offset,expected", [
+    ((0.034, -0.004), (-1, 3, 0, 0)),   # y under half a bin: no move on y
+    ((-0.026, 0.015), (1, 3, -1, 2)),   # 1.5 bins rounds to even (2), like the labels always did
+    ((0.25, -0.0), (-1, MAX_BINS, 0, 0)),  # capped at MAX_BINS
+])
+def test_a_directive_undoing_an_offset_moves_back_in_whole_bins(offset, expected):
+    d = Directive.undoing(offset, 0.01)
+    assert (d.dir_x, d.bins_x, d.dir_y, d.bins_y) == expected
+    assert (d.dir_z, d.bins_z, d.gripper, d.keyframe) == (0, 0, GripperCommand.NONE, -1)

@@ -13,7 +13,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jsonschema
@@ -73,6 +73,18 @@ class Directive:
     bins_z: int = 0
     gripper: GripperCommand = GripperCommand.NONE
     keyframe: int = -1
+
+    @classmethod
+    def undoing(cls, offset_xy: Sequence[float], metres_per_bin: float) -> Directive:
+        """The x-y move that takes back a planar ``offset`` (m), in whole bins (<= MAX_BINS).
+
+        How Dream2Fix labels a translation: an axis off by less than half a bin gets no move.
+        """
+        moves: list[int] = []
+        for value in offset_xy[:2]:
+            bins = min(round(abs(value) / metres_per_bin), MAX_BINS)
+            moves += [-int(math.copysign(1.0, value)) if bins else 0, int(bins)]
+        return cls(*moves)
 
     def displacement(self, metres_per_bin: float) -> tuple[float, float, float]:
         """Cartesian displacement (m) the directive asks for, given the size of one bin."""

@@ -41,7 +41,6 @@ import numpy as np
 
 from failrecov_ros.core.labels import format_dream2fix, format_failsafe
 from failrecov_ros.core.schema import (
-    MAX_BINS,
     Correction,
     CorrectionKind,
     Diagnosis,
@@ -278,14 +277,15 @@ def _earliest(*stamps: int | None) -> int | None:
 
 
 def failure_label(spec: CollectEpisode, window: MonitorWindow, line: Timeline,
-                  max_gripper_width: float) -> Diagnosis:
-    """The injected fault's diagnosis for a window in which it shows."""
+                  max_gripper_width: float, metres_per_bin: float) -> Diagnosis:
+    """The injected fault's diagnosis for a window in which it shows.
+
+    ``metres_per_bin``: the executor's, which turns the directive's bins back into metres.
+    """
     task, instruction = window.context.task, window.context.instruction
     if spec.fault == "pose_offset":
         offset = np.asarray(spec.faults.pose_offset[:2])
-        bins = np.minimum(np.round(np.abs(offset) / 0.01), MAX_BINS).astype(int)
-        signs = -np.sign(offset).astype(int) * (bins > 0)
-        directive = Directive(int(signs[0]), int(bins[0]), int(signs[1]), int(bins[1]))
+        directive = Directive.undoing(offset, metres_per_bin)
         ftype = (FailureType.TRANSLATION_X if abs(offset[0]) >= abs(offset[1])
                  else FailureType.TRANSLATION_Y)
         stage = "pre_grasp" if spec.task in GRASPING else "push"
@@ -361,7 +361,8 @@ class Collector:
                 reasons.append(f"clean episode failed ({recording.result.code.name}: "
                                f"{recording.result.message})")
             elif line.failed and line.visible_from_ns is not None and end >= line.visible_from_ns:
-                label = failure_label(spec, window, line, fr3.MAX_GRIPPER_WIDTH)
+                label = failure_label(spec, window, line, fr3.MAX_GRIPPER_WIDTH,
+                                      self.session.settings.config.recovery.metres_per_bin)
                 shown += 1
                 if shown > cfg.max_failure_windows:
                     reasons.append("beyond max_failure_windows")

@@ -460,10 +460,7 @@ class Engine:
         clip = _clip_rows(len(perturbed.times), k, w, d2f, self.config)
         keyframe_in_clip = int(np.argmin(np.abs(np.array(clip) - k)))
         if operator == "translation":
-            offset = np.array(spec.parameters["offset"])
-            bins = np.minimum(np.round(np.abs(offset) / d2f.metres_per_bin), MAX_BINS).astype(int)
-            signs = -np.sign(offset).astype(int) * (bins > 0)
-            directive = Directive(int(signs[0]), int(bins[0]), int(signs[1]), int(bins[1]))
+            directive = Directive.undoing(spec.parameters["offset"], d2f.metres_per_bin)
             fix = np.array(directive.displacement(d2f.metres_per_bin)[:2])
             fixed_stream = actions.translation(perturbed_stream, k, w, fix)
             ftype, stage = FailureType(spec.mode), "pre_grasp"

@@ -215,8 +215,10 @@ class EpisodeResult:
 def episode_verdict(result: EpisodeResult, threshold: float = 0.5) -> str:
     """The monitor's call on an episode: the first confident failure it reported, else none.
 
-    The same rule the executor acts on (a failed diagnosis at or above its confidence
-    threshold), so the accuracy scores the diagnosis that drove the recovery.
+    A failed diagnosis at or above the executor's confidence threshold: the first verdict the
+    executor counts towards a takeover (it interrupts a skill that is going fine only after
+    ``interrupt_confirmations`` agreeing ones), so the accuracy scores what the monitor said
+    first, and a false alarm here need not have moved the arm (see ``takeovers``).
     """
     for d in result.diagnoses:
         if d.failed and d.confidence >= threshold and d.failure_type != "stall":
@@ -272,6 +274,8 @@ def summarize(results: Iterable[EpisodeResult], threshold: float = 0.5) -> dict[
                                       len(faulty)),
         "fault_type_accuracy": _rate(sum(t == c for t, c in faulty), len(faulty)),
         "false_alarm_episodes": sum(c != FailureType.NONE.value for _, c in nominal),
+        "false_alarm_episodes_acted_on": sum(
+            bool(b.takeovers) for _, b in paired if b.spec.label is FailureType.NONE),
         "nominal_episodes": len(nominal),
         "diagnoses": len(latencies),
         "latency_ms_p50": _percentile(latencies, 0.5),
@@ -311,8 +315,9 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
          _fmt(s["diagnosis_accuracy"], True)),
         ("faults detected / typed correctly",
          f"{_fmt(s['fault_detection_rate'], True)} / {_fmt(s['fault_type_accuracy'], True)}"),
-        ("false alarms on nominal episodes", f"{s['false_alarm_episodes']} of "
-                                             f"{s['nominal_episodes']}"),
+        ("nominal episodes with a false alarm / with a takeover",
+         f"{s['false_alarm_episodes']} / {s['false_alarm_episodes_acted_on']} of "
+         f"{s['nominal_episodes']}"),
         ("diagnosis latency p50 / p95 (ms)",
          f"{_fmt(s['latency_ms_p50'])} / {_fmt(s['latency_ms_p95'])} over {s['diagnoses']}"),
         ("extra time with the monitor, episodes both runs completed (s sim)",

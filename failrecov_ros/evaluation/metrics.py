@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 
-from failrecov_ros.core.schema import Diagnosis, Directive
+from failrecov_ros.core.schema import CorrectionKind, Diagnosis, Directive
 from failrecov_ros.core.taxonomy import GRIPPER_TYPES, FailureType, family
 
 #: Dream2Fix partial-credit cap on the bin difference.
@@ -21,6 +21,30 @@ DREAM2FIX_CAP = 3
 _D2F_TRANSLATION = frozenset({FailureType.TRANSLATION_X, FailureType.TRANSLATION_Y})
 #: Label types Dream2Fix correction accuracy is defined for.
 _D2F_TYPES = _D2F_TRANSLATION | GRIPPER_TYPES
+
+
+def is_dream2fix_label(truth: Diagnosis) -> bool:
+    """A Dream2Fix label: a translation or gripper failure whose correction is a directive.
+
+    Each paper scores its correction on its own labels. A FailSafe-procedure label of the same
+    type carries a dA (its directive is that dA binned, for the Dream2Fix answer format): it is
+    FailSafe's to score, by cosine. Scored here it would cap even a perfect model below 1: an
+    early release's dA often leaves the gripper alone, so its label has no keyframe to match.
+    """
+    c = truth.correction
+    in_directive_form = c.kind is CorrectionKind.DIRECTIVE or (
+        c.kind is CorrectionKind.NONE and c.directive is not None and c.ee_delta is None)
+    return truth.failure_type in _D2F_TYPES and in_directive_form
+
+
+def is_failsafe_label(truth: Diagnosis) -> bool:
+    """A FailSafe label: a failure whose correction is the 7-DoF end-effector delta dA.
+
+    A label that names no primary form (kind ``none``) counts when it carries a delta.
+    """
+    c = truth.correction
+    return (truth.failed and c.ee_delta is not None
+            and c.kind in (CorrectionKind.EE_DELTA, CorrectionKind.NONE))
 
 
 def _pairs(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]):
@@ -91,12 +115,12 @@ def dream2fix_correction_score(predicted: Diagnosis, truth: Diagnosis,
 def dream2fix_correction_accuracy(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis],
                                   keyframe_tolerance: int = 2,
                                   cap: int = DREAM2FIX_CAP) -> float:
-    """Mean correction score over the samples whose label is a Dream2Fix failure type."""
+    """Mean correction score over the Dream2Fix labels (:func:`is_dream2fix_label`)."""
     scored = [dream2fix_correction_score(p, t, keyframe_tolerance, cap)
-              for p, t in _pairs(predicted, truth)
-              if t.failure_type in _D2F_TYPES]
+              for p, t in _pairs(predicted, truth) if is_dream2fix_label(t)]
     if not scored:
-        raise ValueError("no translation or gripper failures among the labels")
+        raise ValueError("no Dream2Fix labels (translation or gripper failures with a "
+                         "directive) among the labels")
     return sum(scored) / len(scored)
 
 
@@ -111,13 +135,14 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 def delta_cosine(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
     """FailSafe dA cosine: mean cosine of predicted and true 7-DoF deltas.
 
-    Over the failures labelled with a delta; a prediction without one counts as the zero vector.
+    Over the FailSafe labels (:func:`is_failsafe_label`; a Dream2Fix label's delta is its
+    directive restated); a prediction without a delta counts as the zero vector.
     """
     values = [cosine(p.correction.ee_delta or (0.0,) * 7, t.correction.ee_delta)
-              for p, t in _pairs(predicted, truth)
-              if t.failed and t.correction.ee_delta is not None]
+              for p, t in _pairs(predicted, truth) if is_failsafe_label(t)]
     if not values:
-        raise ValueError("no failures with an end-effector delta among the labels")
+        raise ValueError("no FailSafe labels (failures with an end-effector delta) among the "
+                         "labels")
     return sum(values) / len(values)
 
 
