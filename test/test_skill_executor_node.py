@@ -65,7 +65,8 @@ def executor_args(namespace="", *params):
 class Client:
     """Action client, status log, monitor-side publishers and the simulator's topics."""
 
-    def __init__(self, context, namespace="", name="executor_test_client"):
+    def __init__(self, context, namespace="", name="executor_test_client",
+                 action="execute_task"):
         self.node = rclpy.create_node(name, namespace=namespace, context=context)
         self.executor = MultiThreadedExecutor(context=context)
         self.executor.add_node(self.node)
@@ -79,7 +80,10 @@ class Client:
         status_qos = latched_qos()
         status_qos.depth = 200
         node.create_subscription(SkillStatus, "skill_status", self._on_status, status_qos)
-        self.action = ActionClient(node, ExecuteTask, "execute_task")
+        # Every entity exists before the node spins: rclpy (Kilted) registers an action
+        # client with its node before the client has its lock, so one created on a node
+        # another thread spins can crash that thread ("no attribute '_lock'").
+        self.action = ActionClient(node, ExecuteTask, action)
         self.diagnosis_pub = node.create_publisher(FailureDiagnosis, "diagnosis", event_qos())
         self.trajectory_pub = node.create_publisher(JointTrajectory, "correction_trajectory",
                                                     event_qos())
@@ -429,19 +433,17 @@ def test_a_path_tolerance_abort_is_recovered_and_reported(sim, context):
                  "-r", "execute_task:=tight/execute_task", "-r", "skill_status:=tight/status",
                  "-p", "fr3.path_tolerance:=0.001", "-p", "recovery.diagnosis_wait_s:=1.0",
                  "-p", "motion_timeout_margin_s:=120.0", "-p", "object_pose_timeout_s:=30.0"):
-        action = ActionClient(sim.node, ExecuteTask, "tight/execute_task")
+        client = Client(context, name="tight_test_client", action="tight/execute_task")
         try:
-            assert action.wait_for_server(timeout_sec=60)
-            handle = wait_future(action.send_goal_async(
-                ExecuteTask.Goal(task_name="pick_cube", episode_id="tight",
-                                 enable_recovery=True)), 30)
-            result = wait_future(handle.get_result_async(), TIMEOUT).result
+            assert client.action.wait_for_server(timeout_sec=60)
+            result = client.run(ExecuteTask.Goal(task_name="pick_cube", episode_id="tight",
+                                                 enable_recovery=True)).result
             assert result.error_code == ExecuteTask.Result.CONTROLLER_ERROR
             assert "PATH_TOLERANCE_VIOLATED" in result.error_string
             assert "controller recovered" in result.error_string  # error recovery ran
             assert "no diagnosis within 1 s" in result.error_string
         finally:
-            action.destroy()
+            client.close()
 
 
 def test_an_absent_controller_gives_a_clear_error(context):
