@@ -247,6 +247,14 @@ def test_record_integers_must_fit():
     ((0.25, -0.0), (-1, MAX_BINS, 0, 0)),  # capped at MAX_BINS
 ])
 def test_a_directive_undoing_an_offset_moves_back_in_whole_bins(offset, expected):
-    d = Directive.undoing(offset, 0.01)
+    d = Directive.from_displacement([-v for v in offset], 0.01)
     assert (d.dir_x, d.bins_x, d.dir_y, d.bins_y) == expected
     assert (d.dir_z, d.bins_z, d.gripper, d.keyframe) == (0, 0, GripperCommand.NONE, -1)
+
+
+def test_a_directive_from_a_displacement_bins_z_too_and_inverts_displacement():
+    d = Directive.from_displacement((0.021, -0.049, 0.004), 0.01)
+    assert (d.dir_x, d.bins_x, d.dir_y, d.bins_y, d.dir_z, d.bins_z) == (1, 2, -1, 5, 0, 0)
+    assert d.displacement(0.01) == pytest.approx((0.02, -0.05, 0.0))
+    with pytest.raises(ValueError, match="x-y or x-y-z"):
+        Directive.from_displacement((0.01,), 0.01)

@@ -75,15 +75,19 @@ class Directive:
     keyframe: int = -1
 
     @classmethod
-    def undoing(cls, offset_xy: Sequence[float], metres_per_bin: float) -> Directive:
-        """The x-y move that takes back a planar ``offset`` (m), in whole bins (<= MAX_BINS).
+    def from_displacement(cls, displacement: Sequence[float],
+                          metres_per_bin: float) -> Directive:
+        """The move by ``displacement`` (m; x-y or x-y-z) in whole bins (<= MAX_BINS each).
 
-        How Dream2Fix labels a translation: an axis off by less than half a bin gets no move.
+        The inverse of :meth:`displacement`, up to the binning: an axis moved by less than half
+        a bin gets no move. No gripper fix.
         """
+        if not 2 <= len(displacement) <= 3:
+            raise ValueError(f"a directive moves on x-y or x-y-z, got {len(displacement)} axes")
         moves: list[int] = []
-        for value in offset_xy[:2]:
-            bins = min(round(abs(value) / metres_per_bin), MAX_BINS)
-            moves += [-int(math.copysign(1.0, value)) if bins else 0, int(bins)]
+        for value in displacement:
+            bins = min(round(abs(float(value)) / metres_per_bin), MAX_BINS)
+            moves += [int(math.copysign(1.0, value)) if bins else 0, int(bins)]
         return cls(*moves)
 
     def displacement(self, metres_per_bin: float) -> tuple[float, float, float]:

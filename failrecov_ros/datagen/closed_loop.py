@@ -285,7 +285,7 @@ def failure_label(spec: CollectEpisode, window: MonitorWindow, line: Timeline,
     task, instruction = window.context.task, window.context.instruction
     if spec.fault == "pose_offset":
         offset = np.asarray(spec.faults.pose_offset[:2])
-        directive = Directive.undoing(offset, metres_per_bin)
+        directive = Directive.from_displacement(-offset, metres_per_bin)
         ftype = (FailureType.TRANSLATION_X if abs(offset[0]) >= abs(offset[1])
                  else FailureType.TRANSLATION_Y)
         stage = "pre_grasp" if spec.task in GRASPING else "push"

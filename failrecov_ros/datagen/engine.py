@@ -460,7 +460,8 @@ class Engine:
         clip = _clip_rows(len(perturbed.times), k, w, d2f, self.config)
         keyframe_in_clip = int(np.argmin(np.abs(np.array(clip) - k)))
         if operator == "translation":
-            directive = Directive.undoing(spec.parameters["offset"], d2f.metres_per_bin)
+            directive = Directive.from_displacement(-np.asarray(spec.parameters["offset"]),
+                                                    d2f.metres_per_bin)
             fix = np.array(directive.displacement(d2f.metres_per_bin)[:2])
             fixed_stream = actions.translation(perturbed_stream, k, w, fix)
             ftype, stage = FailureType(spec.mode), "pre_grasp"
@@ -646,13 +647,11 @@ def _directive_from_delta(delta: np.ndarray, metres_per_bin: float, keyframe: in
     Its gripper change applies at ``keyframe``, the window's last frame: the correction starts
     right after what the model saw.
     """
-    bins = np.minimum(np.round(np.abs(delta[:3]) / metres_per_bin), MAX_BINS).astype(int)
-    signs = np.sign(delta[:3]).astype(int) * (bins > 0)
     gripper = (GripperCommand.CLOSE if delta[6] < -1e-3 else
                GripperCommand.OPEN if delta[6] > 1e-3 else GripperCommand.NONE)
-    return Directive(int(signs[0]), int(bins[0]), int(signs[1]), int(bins[1]), int(signs[2]),
-                     int(bins[2]), gripper,
-                     keyframe if gripper is not GripperCommand.NONE else -1)
+    return dataclasses.replace(Directive.from_displacement(delta[:3], metres_per_bin),
+                               gripper=gripper,
+                               keyframe=keyframe if gripper is not GripperCommand.NONE else -1)
 
 
 def _failsafe_summary(spec: AttemptSpec, stage: str, delta: np.ndarray) -> str:
