@@ -9,6 +9,8 @@ import time
 import numpy as np
 from ament_index_python.packages import get_package_prefix
 
+from failrecov_ros.ros.requests import first_answer
+
 
 def wait_until(predicate, timeout=20.0):
     """True once ``predicate()`` holds, polling until ``timeout`` seconds."""
@@ -36,6 +38,16 @@ def wait_still(read, tolerance=1e-3, timeout=10.0):
 def wait_future(future, timeout=30.0):
     """The result of an rclpy future spun elsewhere; fails the test when none comes in time."""
     assert wait_until(future.done, timeout), "no answer in time"
+    return future.result()
+
+
+def ask(send, timeout=30.0, attempts=3):
+    """The answer to ``send()`` (a goal or a repeatable request), sent again when lost.
+
+    A first request right after discovery can lose its answer (``failrecov_ros.ros.requests``).
+    """
+    future = first_answer(send, timeout / attempts, attempts)
+    assert future is not None, f"no answer in {timeout:.0f} s to {attempts} sends"
     return future.result()
 
 
@@ -103,6 +115,10 @@ class SpunClient:
     def wait(self, future, timeout=None):
         """The result of ``future``, failing the test after ``timeout`` (default per class)."""
         return wait_future(future, self.wait_timeout if timeout is None else timeout)
+
+    def ask(self, send, timeout=None):
+        """The answer to ``send()``, sent again when lost (``ask``); timeout as ``wait``."""
+        return ask(send, self.wait_timeout if timeout is None else timeout)
 
     def close(self):
         """Stop spinning, wait for the spin thread, then destroy the node.

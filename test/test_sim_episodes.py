@@ -60,10 +60,10 @@ class Client(SpunClient):
         request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
                                                     for k, v in values.items()])
         assert self.set_params.wait_for_service(timeout_sec=30)
-        answers = self.wait(self.set_params.call_async(request))
+        answers = self.ask(lambda: self.set_params.call_async(request))
         assert all(r.successful for r in answers.results), answers
         assert self.reset.wait_for_service(timeout_sec=30)
-        return self.wait(self.reset.call_async(Trigger.Request()))
+        return self.ask(lambda: self.reset.call_async(Trigger.Request()))
 
     def fresh_pose(self, name) -> np.ndarray:
         """Position of a pose published after this call."""
@@ -77,7 +77,7 @@ class Client(SpunClient):
         assert self.grasp.wait_for_server(timeout_sec=30)
         goal = Grasp.Goal(width=0.04, speed=0.1, force=20.0)
         goal.epsilon.inner = goal.epsilon.outer = 0.01  # as the executor sends (grasp_epsilon)
-        handle = self.wait(self.grasp.send_goal_async(goal))
+        handle = self.ask(lambda: self.grasp.send_goal_async(goal))
         result = self.wait(handle.get_result_async(), 30).result
         return result.success, result.error
 

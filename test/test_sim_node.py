@@ -61,7 +61,7 @@ class Client(SpunClient):
         return np.array([joints[n] for n in fr3.ARM_JOINTS])
 
     def send(self, client, goal, feedback=None):
-        handle = self.wait(client.send_goal_async(goal, feedback_callback=feedback))
+        handle = self.ask(lambda: client.send_goal_async(goal, feedback_callback=feedback))
         assert handle.accepted
         return handle
 

@@ -48,7 +48,7 @@ class Client(SpunClient):
     def send(self, names, positions, accepted=True):
         goal = FollowJointTrajectory.Goal()
         goal.trajectory = joint_trajectory_msg(names, [(0.0, positions)])
-        handle = self.wait(self.action.send_goal_async(goal))
+        handle = self.ask(lambda: self.action.send_goal_async(goal))
         assert handle.accepted == accepted
         return handle
 
@@ -56,10 +56,10 @@ class Client(SpunClient):
         return self.wait(self.send(names, positions).get_result_async())
 
     def trigger(self, name):
-        return self.wait(self.triggers[name].call_async(Trigger.Request()))
+        return self.ask(lambda: self.triggers[name].call_async(Trigger.Request()))
 
     def runstop(self, on):
-        return self.wait(self.runstop_client.call_async(SetBool.Request(data=on)))
+        return self.ask(lambda: self.runstop_client.call_async(SetBool.Request(data=on)))
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from rcl_interfaces.srv import ListParameters
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import JointState
-from sim_process import running, running_sim, wait_future, wait_still, wait_until
+from sim_process import ask, running, running_sim, wait_future, wait_still, wait_until
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -137,12 +137,12 @@ class Client:
 
     def reset(self):
         assert self.reset_client.wait_for_service(timeout_sec=30)
-        assert wait_future(self.reset_client.call_async(Trigger.Request()), 30).success
+        assert ask(lambda: self.reset_client.call_async(Trigger.Request())).success
         with self.lock:
             self.statuses.clear()
 
     def send(self, goal, accepted=True):
-        handle = wait_future(self.action.send_goal_async(goal, self.feedback.append), 30)
+        handle = ask(lambda: self.action.send_goal_async(goal, self.feedback.append))
         assert handle.accepted == accepted
         return handle
 
@@ -330,7 +330,7 @@ def test_every_parameter_in_the_yaml_is_declared(fr3_client):
     """No dead entries: the FR3 node declares the YAML's parameters (the Stretch block aside)."""
     client = fr3_client.node.create_client(ListParameters, "/skill_executor/list_parameters")
     assert client.wait_for_service(timeout_sec=30)
-    names = set(wait_future(client.call_async(ListParameters.Request()), 30).result.names)
+    names = set(ask(lambda: client.call_async(ListParameters.Request())).result.names)
     section = yaml.safe_load(open(PARAMS))["/**/skill_executor"]["ros__parameters"]
     expected = {n for n in _flatten(section) if not n.startswith("stretch.")}
     assert expected <= names, expected - names

@@ -52,6 +52,7 @@ from failrecov_ros.ros.entry import (
     wait_for_shutdown,
 )
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
+from failrecov_ros.ros.requests import first_answer
 from failrecov_ros.ros.sensors import image_to_array, rgb_image_msg
 
 COLOR = "camera/camera/color/image_raw"
@@ -176,13 +177,23 @@ class EpisodeRunner(Node):
     # --- the suite --------------------------------------------------------------------------
     def _wait(self, future, timeout: float, what: str):
         """``future``'s result; KeyboardInterrupt on a shutdown request, so the suite stops."""
-        deadline = time.monotonic() + timeout
-        while not future.done():
+        return self._ask(lambda: future, timeout, what, attempts=1)
+
+    def _ask(self, send, timeout: float, what: str, attempts: int = 3, sent=None):
+        """The answer to ``send()``, sent again if lost to discovery (``ros.requests``).
+
+        ``timeout`` s in all; KeyboardInterrupt on a shutdown request, so the suite stops.
+        """
+        def pause(seconds: float) -> None:
             if shutdown_requested():
                 raise KeyboardInterrupt
-            if time.monotonic() > deadline or not rclpy.ok():
-                raise RuntimeError(f"no answer from {what} within {timeout:.0f} s")
-            time.sleep(0.02)
+            if not rclpy.ok():
+                raise RuntimeError(f"no answer from {what}: ROS is shut down")
+            time.sleep(seconds)
+
+        future = first_answer(send, timeout / attempts, attempts, sent, pause)
+        if future is None:
+            raise RuntimeError(f"no answer from {what} within {timeout:.0f} s")
         return future.result()
 
     def _cancel(self, sent, name: str, timeout: float = 5.0) -> None:
@@ -223,11 +234,11 @@ class EpisodeRunner(Node):
         """Set the episode's simulator parameters and reset; the simulator's answer."""
         request = SetParameters.Request(parameters=[
             Parameter(k, value=v).to_parameter_msg() for k, v in spec.sim_parameters().items()])
-        answer = self._wait(self.set_params.call_async(request), 30, "set_parameters")
+        answer = self._ask(lambda: self.set_params.call_async(request), 30, "set_parameters")
         failed = [r.reason for r in answer.results if not r.successful]
         if failed:
             raise RuntimeError(f"the simulator refused the episode's parameters: {failed}")
-        answer = self._wait(self.reset.call_async(Trigger.Request()), 60, "reset")
+        answer = self._ask(lambda: self.reset.call_async(Trigger.Request()), 90, "reset")
         if not answer.success:
             raise RuntimeError(f"the simulator did not reset: {answer.message}")
         return answer.message
@@ -251,15 +262,17 @@ class EpisodeRunner(Node):
         goal = ExecuteTask.Goal(task_name=spec.task, episode_id=episode_id,
                                 enable_recovery=monitor)
         start = time.monotonic()
-        sent = self.execute.send_goal_async(goal)
+        sent: list = []
         try:
-            handle = self._wait(sent, 30, "execute_task")
+            handle = self._ask(lambda: self.execute.send_goal_async(goal), 30, "execute_task",
+                               sent=sent)
             if not handle.accepted:
                 raise RuntimeError(f"the executor refused the goal for {spec.name}")
             outcome = self._wait(handle.get_result_async(), self.episode_timeout,
                                  f"execute_task ({spec.name})")
         except KeyboardInterrupt:  # the suite is stopped: so is the task it started
-            self._cancel(sent, spec.name)
+            for future in sent:
+                self._cancel(future, spec.name)
             raise
         finally:
             with self.lock:
@@ -268,7 +281,8 @@ class EpisodeRunner(Node):
         r = outcome.result
         # Success is the simulator's predicate, not the executor's word: a weak closure is
         # reported as a good grasp while the cube stays on the table.
-        truth = self._wait(self.task_success.call_async(Trigger.Request()), 30, "task_success")
+        truth = self._ask(lambda: self.task_success.call_async(Trigger.Request()), 30,
+                          "task_success")
         return EpisodeResult(spec, monitor, int(r.error_code), r.error_string,
                              duration_to_s(r.duration), time.monotonic() - start,
                              int(r.recoveries_attempted), int(r.recoveries_succeeded),
