@@ -82,3 +82,29 @@ def test_a_second_signal_during_the_drain_stops_at_once():
     assert process.returncode == 1, output
     assert time.monotonic() - started < 1.5
     assert "told to stop now" in output and "Traceback" not in output
+
+
+def test_a_runtime_severity_can_change_from_call_to_call():
+    """One call site refuses a second severity in rclpy; log_at gives each its own."""
+    import rclpy
+    from rclpy.context import Context
+
+    from failrecov_ros.ros.logs import LEVELS, log_at
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("log_at_test", context=context)
+    try:
+        logger = node.get_logger()
+        for level in (*LEVELS, "info", "debug", "warn", "info", "error", "warn"):
+            log_at(logger, level, f"at {level}")
+
+        def one_site(level):  # what log_at replaced: the bug it guards against
+            {"info": logger.info, "warn": logger.warning}[level]("x")
+
+        one_site("info")
+        with pytest.raises(ValueError, match="severity cannot be changed"):
+            one_site("warn")
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

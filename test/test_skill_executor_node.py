@@ -427,6 +427,29 @@ def test_external_policy_deltas_move_the_tool(sim):
     assert "policy command rejected by the safety gate" in sim.messages()
 
 
+def test_a_flood_of_policy_commands_drops_the_excess_and_the_task_goes_on(sim):
+    """More commands than the policy queue holds: each one over is dropped with a warning.
+
+    That warning, after the task's info messages from the same logging call, once raised
+    rclpy's "Logger severity cannot be changed between calls" and killed the executor.
+    """
+    policy = SkillSpec(name="policy")
+    policy.params.extend([KeyValue(key=k, value=v)
+                          for k, v in (("max_steps", "0"), ("idle_timeout", "3"))])
+    handle = sim.send(ExecuteTask.Goal(task_name="vla", episode_id="ep", skills=[policy]))
+    sim.wait_status(lambda s: s.skill == "policy" and s.event == "skill_start", 60)
+    # Three times the queue (policy_history 32) within a fraction of one motion's duration;
+    # up and down by 2 mm, so the tool ends where it began. No step limit: the phase ends
+    # 3 s after the last command it executes.
+    for i in range(3 * 32):
+        sim.policy_pub.publish(Float64MultiArray(
+            data=[0.0, 0.0, 0.002 if i % 2 == 0 else -0.002, 0.0, 0.0, 0.0, 0.0]))
+        time.sleep(0.002)
+    result = wait_future(handle.get_result_async(), TIMEOUT)
+    assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
+    assert sim.status().state == SkillStatus.STATE_SUCCEEDED
+
+
 def test_a_path_tolerance_abort_is_recovered_and_reported(sim, context):
     """A second executor with a 1 mrad path tolerance: the controller aborts the first move."""
     with running("skill_executor", "--params-file", PARAMS, "-r", "__node:=tight_executor",

@@ -40,6 +40,7 @@ from failrecov_ros.perception.stats import StreamStats
 from failrecov_ros.perception.transforms import camera_transforms, optical_frame
 from failrecov_ros.ros import entry
 from failrecov_ros.ros.conversions import ns_to_time
+from failrecov_ros.ros.logs import log_at
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.ros.sensors import (
     camera_info_msg,
@@ -181,13 +182,7 @@ class RealSenseCameraNode(Node):
         return self.session.state is State.FAILED
 
     def _log(self, level: str, message: str) -> None:
-        # One call site per severity: rclpy refuses a severity change at the same call site.
-        if level == "error":
-            self.get_logger().error(message)
-        elif level == "warn":
-            self.get_logger().warning(message)
-        else:
-            self.get_logger().info(message)
+        log_at(self.get_logger(), level, message)
 
     # --- capture thread ---------------------------------------------------------------------
     def _capture_loop(self) -> None:

@@ -49,6 +49,7 @@ from failrecov_ros.ros.conversions import (
     time_to_ns,
 )
 from failrecov_ros.ros.entry import spin_until_shutdown, start_node
+from failrecov_ros.ros.logs import log_at
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec, load_task_library
 from failrecov_ros.skills.objects import ObjectPoseError, PoseBoard
@@ -124,9 +125,7 @@ class SkillExecutor(Node):
             client.destroy()
 
     def _log(self, level: str, message: str) -> None:
-        logger = self.get_logger()
-        {"debug": logger.debug, "info": logger.info, "warn": logger.warning}.get(
-            level, logger.error)(message)
+        log_at(self.get_logger(), level, message)
 
     # --- inputs ----------------------------------------------------------------------------------
     def _on_diagnosis(self, msg: FailureDiagnosis) -> None:
