@@ -280,6 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                threads=args.threads, batch_size=args.batch_size,
                                learning_rate=args.learning_rate, init=args.init or "",
                                balance=args.balance,
+                               delta_cosine_weight=args.delta_cosine_weight,
                                robot="" if args.robot == "none" else args.robot)
         exclude = parse_filter(args.exclude)
         started = time.monotonic()
@@ -539,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robot", default="fr3", choices=["fr3", "stretch", "none"],
                    help="whose forward kinematics give the network each frame's tool pose "
                    "(none: joint angles only, as checkpoints before this input)")
+    p.add_argument("--delta-cosine-weight", type=float, default=0.0, metavar="W",
+                   help="add W * (1 - cosine) of the predicted and true dA to the loss, on the "
+                   "unscaled deltas as the FailSafe metric takes them (0: off)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate models")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)

@@ -29,8 +29,10 @@ from failrecov_ros.robots.kinematics import make_kinematics
 from failrecov_ros.training.compact import (
     Samples,
     TrainConfig,
+    _targets,
     epoch_order,
     load_samples,
+    loss_fn,
     predict,
     score,
     train,
@@ -238,6 +240,32 @@ def test_training_learns_a_separable_toy_problem(tmp_path):
     assert failed and all(p.correction.directive.keyframe == 2 for p in failed)
 
 
+def test_the_cosine_term_scores_the_unscaled_direction_only_on_labelled_deltas():
+    toy = _toy_samples(n=2)
+    targets = _targets(CONFIG, toy.labels)
+    # A dA along x on the first window only; in scaled units, as the head predicts.
+    truth = torch.tensor([[0.02, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0]] * 2) / torch.tensor(
+        compact.DELTA_SCALE)
+    targets["delta"], targets["delta_mask"] = truth, torch.tensor([1.0, 0.0])
+    batch = compact.prepare_batch(CONFIG, toy.frames, toy.state, toy.instructions, toy.tasks)
+    with torch.no_grad():
+        outputs = CompactNet(CONFIG)(**batch)
+    base = loss_fn(outputs, targets)
+    # Same direction at twice the length: no cosine cost, only the L1 one.
+    outputs["delta"] = 2 * truth
+    assert loss_fn(outputs, targets, 1.0) == pytest.approx(float(loss_fn(outputs, targets)))
+    # Opposite direction on the labelled window: the term adds weight * (1 - (-1)) = 2 * 0.5.
+    outputs["delta"] = torch.stack([-truth[0], truth[1] * 0])
+    assert float(loss_fn(outputs, targets, 0.5) - loss_fn(outputs, targets)) == \
+        pytest.approx(1.0, abs=1e-5)
+    # An unlabelled window (mask 0) costs nothing whatever it predicts.
+    outputs["delta"] = torch.stack([truth[0], -truth[0]])
+    assert loss_fn(outputs, targets, 3.0) == pytest.approx(float(loss_fn(outputs, targets)))
+    assert base.isfinite()
+    with pytest.raises(ValueError, match="delta_cosine_weight"):
+        TrainConfig(delta_cosine_weight=-1.0)
+
+
 def test_balanced_epochs_draw_rare_failure_types_as_often_as_common_ones():
     success, weak_close = _toy_samples(n=2).labels
     labels = [success] * 90 + [weak_close] * 10
@@ -358,3 +386,4 @@ def test_fine_tuning_an_older_checkpoint_adds_the_pose_input_as_an_identity(tmp_
     with pytest.raises(ValueError, match="takes the fr3's tool pose, not the stretch's"):
         train(samples, TrainConfig(epochs=0, init=str(tmp_path / "grown"), robot="stretch"),
               tmp_path / "other")
+

@@ -68,6 +68,14 @@ class TrainConfig:
     #: Fine-tuning a checkpoint without it adds it (zero-initialised, so training starts from
     #: the checkpoint's function).
     robot: str = "fr3"
+    #: Weight of a (1 - cosine) term on the dA head, taken on the unscaled 7-DoF deltas as the
+    #: FailSafe metric takes them; the smooth L1 term alone fits the magnitude and lets the
+    #: direction of an uncertain delta drift (0: off).
+    delta_cosine_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.delta_cosine_weight >= 0:
+            raise ValueError(f"delta_cosine_weight must be >= 0, got {self.delta_cosine_weight}")
 
 
 @dataclasses.dataclass
@@ -193,13 +201,20 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+            delta_cosine_weight: float = 0.0) -> torch.Tensor:
     """Sum of every head's loss; correction heads only count on failures that carry them."""
     loss = F.cross_entropy(outputs["failure"], targets["failure"])
     loss = loss + _masked_ce(outputs["stage"], targets["stage"], targets["stage_mask"])
+    delta_mask = targets["delta_mask"]
     delta_err = F.smooth_l1_loss(outputs["delta"], targets["delta"], reduction="none").sum(1)
-    loss = loss + (delta_err * targets["delta_mask"]).sum() / targets["delta_mask"].sum().clamp(
-        min=1.0)
+    loss = loss + (delta_err * delta_mask).sum() / delta_mask.sum().clamp(min=1.0)
+    if delta_cosine_weight:
+        scale = outputs["delta"].new_tensor(DELTA_SCALE)
+        cos = F.cosine_similarity(outputs["delta"] * scale, targets["delta"] * scale, dim=1,
+                                  eps=1e-8)
+        loss = loss + delta_cosine_weight * ((1.0 - cos) * delta_mask).sum() / \
+            delta_mask.sum().clamp(min=1.0)
     mask = targets["directive_mask"]
     for a in "xyz":
         loss = loss + 0.5 * _masked_ce(outputs[f"dir_{a}"], targets[f"dir_{a}"], mask)
@@ -300,7 +315,8 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
                                   [samples.instructions[i] for i in index],
                                   [samples.tasks[i] for i in index],
                                   pose=None if poses is None else poses[index])
-            loss = loss_fn(net(**batch), {k: v[index] for k, v in targets.items()})
+            loss = loss_fn(net(**batch), {k: v[index] for k, v in targets.items()},
+                           settings.delta_cosine_weight)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
