@@ -41,13 +41,14 @@ def wait_future(future, timeout=30.0):
     return future.result()
 
 
-def ask(send, timeout=30.0, attempts=3):
+def ask(send, timeout=30.0, attempts=2):
     """The answer to ``send()`` (a goal or a repeatable request), sent again when lost.
 
     A first request right after discovery can lose its answer (``failrecov_ros.ros.requests``).
+    ``timeout`` s for each send: a slow answer is not taken for a lost one.
     """
-    future = first_answer(send, timeout / attempts, attempts)
-    assert future is not None, f"no answer in {timeout:.0f} s to {attempts} sends"
+    future = first_answer(send, timeout, attempts)
+    assert future is not None, f"no answer to {attempts} sends of {timeout:.0f} s each"
     return future.result()
 
 

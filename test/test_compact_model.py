@@ -258,12 +258,19 @@ def test_the_cosine_term_scores_the_unscaled_direction_only_on_labelled_deltas()
     outputs["delta"] = torch.stack([-truth[0], truth[1] * 0])
     assert float(loss_fn(outputs, targets, 0.5) - loss_fn(outputs, targets)) == \
         pytest.approx(1.0, abs=1e-5)
+    # Cosine on the unscaled deltas: the translation alone against (0.02 m, 0.1 rad) is
+    # cos = 0.02 / |(0.02, 0.1)| = 0.196 (on the scaled ones, (0.4, 0) against (0.4, 0.2):
+    # 0.894).
+    outputs["delta"] = torch.stack([truth[0] * torch.tensor([1.0] * 3 + [0.0] * 4), truth[1]])
+    added = float(loss_fn(outputs, targets, 1.0) - loss_fn(outputs, targets))
+    assert added == pytest.approx(1.0 - 0.02 / np.hypot(0.02, 0.1), abs=1e-5)
     # An unlabelled window (mask 0) costs nothing whatever it predicts.
     outputs["delta"] = torch.stack([truth[0], -truth[0]])
     assert loss_fn(outputs, targets, 3.0) == pytest.approx(float(loss_fn(outputs, targets)))
     assert base.isfinite()
-    with pytest.raises(ValueError, match="delta_cosine_weight"):
-        TrainConfig(delta_cosine_weight=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="delta_cosine_weight"):
+            TrainConfig(delta_cosine_weight=bad)
 
 
 def test_balanced_epochs_draw_rare_failure_types_as_often_as_common_ones():

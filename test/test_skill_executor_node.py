@@ -26,6 +26,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
 from control_msgs.action import FollowJointTrajectory
 from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import Log
 from rcl_interfaces.srv import ListParameters
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
@@ -433,21 +434,27 @@ def test_a_flood_of_policy_commands_drops_the_excess_and_the_task_goes_on(sim):
     That warning, after the task's info messages from the same logging call, once raised
     rclpy's "Logger severity cannot be changed between calls" and killed the executor.
     """
+    warnings = []
+    sim.node.create_subscription(
+        Log, "/rosout", lambda m: warnings.append(m.msg) if m.level == Log.WARN else None,
+        event_qos(depth=500))
     policy = SkillSpec(name="policy")
     policy.params.extend([KeyValue(key=k, value=v)
                           for k, v in (("max_steps", "0"), ("idle_timeout", "3"))])
     handle = sim.send(ExecuteTask.Goal(task_name="vla", episode_id="ep", skills=[policy]))
     sim.wait_status(lambda s: s.skill == "policy" and s.event == "skill_start", 60)
-    # Three times the queue (policy_history 32) within a fraction of one motion's duration;
-    # up and down by 2 mm, so the tool ends where it began. No step limit: the phase ends
-    # 3 s after the last command it executes.
-    for i in range(3 * 32):
+    # Ten times the queue (policy_history 32) within about one motion's duration (>= 0.3 s),
+    # 2 mm up or down each. No step limit: the phase ends 3 s after the last command it runs.
+    for i in range(10 * 32):
         sim.policy_pub.publish(Float64MultiArray(
             data=[0.0, 0.0, 0.002 if i % 2 == 0 else -0.002, 0.0, 0.0, 0.0, 0.0]))
-        time.sleep(0.002)
+        time.sleep(0.001)
     result = wait_future(handle.get_result_async(), TIMEOUT)
     assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
     assert sim.status().state == SkillStatus.STATE_SUCCEEDED
+    # The queue did overflow: the warning that used to kill the executor was logged.
+    assert wait_until(lambda: any("faster than they execute" in m for m in warnings), 10), (
+        f"no overflow warning on /rosout; warnings: {warnings[-5:]}")
 
 
 def test_a_path_tolerance_abort_is_recovered_and_reported(sim, context):

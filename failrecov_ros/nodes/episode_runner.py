@@ -179,10 +179,11 @@ class EpisodeRunner(Node):
         """``future``'s result; KeyboardInterrupt on a shutdown request, so the suite stops."""
         return self._ask(lambda: future, timeout, what, attempts=1)
 
-    def _ask(self, send, timeout: float, what: str, attempts: int = 3, sent=None):
+    def _ask(self, send, timeout: float, what: str, attempts: int = 2, sent=None):
         """The answer to ``send()``, sent again if lost to discovery (``ros.requests``).
 
-        ``timeout`` s in all; KeyboardInterrupt on a shutdown request, so the suite stops.
+        ``timeout`` s for each send, so a slow answer has as long as before the first resend;
+        KeyboardInterrupt on a shutdown request, so the suite stops.
         """
         def pause(seconds: float) -> None:
             if shutdown_requested():
@@ -191,31 +192,55 @@ class EpisodeRunner(Node):
                 raise RuntimeError(f"no answer from {what}: ROS is shut down")
             time.sleep(seconds)
 
-        future = first_answer(send, timeout / attempts, attempts, sent, pause)
+        future = first_answer(send, timeout, attempts, sent, pause)
         if future is None:
-            raise RuntimeError(f"no answer from {what} within {timeout:.0f} s")
+            raise RuntimeError(f"no answer from {what} to {attempts} requests of "
+                               f"{timeout:.0f} s each")
         return future.result()
 
-    def _cancel(self, sent, name: str, timeout: float = 5.0) -> None:
-        """Cancel an episode's goal (``sent``: its send_goal future), waiting boundedly.
+    def _send_goal(self, goal, sent: list):
+        """The executor's answer to ``goal``; a resend's other goals are canceled if accepted.
 
-        The executor may accept the goal only now; then it confirms the cancel.
+        A goal whose answer was only slow, not lost, may still be accepted after its resend
+        was: the one followed is the first answered, and any other is canceled at once.
+        """
+        handle = self._ask(lambda: self.execute.send_goal_async(goal), 15, "execute_task",
+                           sent=sent)
+
+        def cancel_extra(future) -> None:
+            other = future.result()
+            if other is not None and other is not handle and other.accepted:
+                self.get_logger().warning("a resent goal was accepted twice: canceled the "
+                                          "extra one")
+                other.cancel_goal_async()
+
+        for future in sent:
+            future.add_done_callback(cancel_extra)
+        return handle
+
+    def _cancel(self, sent: list, name: str, timeout: float = 5.0) -> None:
+        """Cancel an episode's goal (``sent``: the send_goal futures), waiting boundedly.
+
+        The executor may accept a goal only now; then it confirms the cancel. One deadline for
+        all: a send whose answer was lost never completes.
         """
         deadline = time.monotonic() + timeout
 
-        def settle(future) -> None:
-            while not future.done() and time.monotonic() < deadline:
+        def settle(done) -> None:
+            while not done() and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-        settle(sent)
-        handle = sent.result() if sent.done() else None
-        if handle is None or not handle.accepted:
+        settle(lambda: any(f.done() and f.result() is not None and f.result().accepted
+                           for f in sent) or all(f.done() for f in sent))
+        handles = [f.result() for f in sent if f.done() and f.result() is not None
+                   and f.result().accepted]
+        if not handles:
             self.get_logger().info(f"interrupted before the goal of {name} was accepted")
             return
-        future = handle.cancel_goal_async()
-        settle(future)
-        confirmed = future.done() and future.result() is not None \
-            and len(future.result().goals_canceling) > 0
+        cancels = [h.cancel_goal_async() for h in handles]
+        settle(lambda: all(c.done() for c in cancels))
+        confirmed = any(c.done() and c.result() is not None and len(c.result().goals_canceling)
+                        for c in cancels)
         self.get_logger().info(f"interrupted: {'canceled' if confirmed else 'could not cancel'} "
                                f"the running goal of {name}")
 
@@ -234,11 +259,11 @@ class EpisodeRunner(Node):
         """Set the episode's simulator parameters and reset; the simulator's answer."""
         request = SetParameters.Request(parameters=[
             Parameter(k, value=v).to_parameter_msg() for k, v in spec.sim_parameters().items()])
-        answer = self._ask(lambda: self.set_params.call_async(request), 30, "set_parameters")
+        answer = self._ask(lambda: self.set_params.call_async(request), 15, "set_parameters")
         failed = [r.reason for r in answer.results if not r.successful]
         if failed:
             raise RuntimeError(f"the simulator refused the episode's parameters: {failed}")
-        answer = self._ask(lambda: self.reset.call_async(Trigger.Request()), 90, "reset")
+        answer = self._ask(lambda: self.reset.call_async(Trigger.Request()), 60, "reset")
         if not answer.success:
             raise RuntimeError(f"the simulator did not reset: {answer.message}")
         return answer.message
@@ -264,15 +289,13 @@ class EpisodeRunner(Node):
         start = time.monotonic()
         sent: list = []
         try:
-            handle = self._ask(lambda: self.execute.send_goal_async(goal), 30, "execute_task",
-                               sent=sent)
+            handle = self._send_goal(goal, sent)
             if not handle.accepted:
                 raise RuntimeError(f"the executor refused the goal for {spec.name}")
             outcome = self._wait(handle.get_result_async(), self.episode_timeout,
                                  f"execute_task ({spec.name})")
         except KeyboardInterrupt:  # the suite is stopped: so is the task it started
-            for future in sent:
-                self._cancel(future, spec.name)
+            self._cancel(sent, spec.name)
             raise
         finally:
             with self.lock:
@@ -281,7 +304,7 @@ class EpisodeRunner(Node):
         r = outcome.result
         # Success is the simulator's predicate, not the executor's word: a weak closure is
         # reported as a good grasp while the cube stays on the table.
-        truth = self._ask(lambda: self.task_success.call_async(Trigger.Request()), 30,
+        truth = self._ask(lambda: self.task_success.call_async(Trigger.Request()), 15,
                           "task_success")
         return EpisodeResult(spec, monitor, int(r.error_code), r.error_string,
                              duration_to_s(r.duration), time.monotonic() - start,

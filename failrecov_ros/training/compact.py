@@ -74,7 +74,7 @@ class TrainConfig:
     delta_cosine_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.delta_cosine_weight >= 0:
+        if not (math.isfinite(self.delta_cosine_weight) and self.delta_cosine_weight >= 0):
             raise ValueError(f"delta_cosine_weight must be >= 0, got {self.delta_cosine_weight}")
 
 
