@@ -230,10 +230,12 @@ class EpisodeRunner(Node):
             while not done() and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-        settle(lambda: any(f.done() and f.result() is not None and f.result().accepted
-                           for f in sent) or all(f.done() for f in sent))
-        handles = [f.result() for f in sent if f.done() and f.result() is not None
-                   and f.result().accepted]
+        def accepted() -> list:
+            return [f.result() for f in sent
+                    if f.done() and f.result() is not None and f.result().accepted]
+
+        settle(lambda: accepted() or all(f.done() for f in sent))
+        handles = accepted()
         if not handles:
             self.get_logger().info(f"interrupted before the goal of {name} was accepted")
             return

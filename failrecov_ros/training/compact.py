@@ -196,9 +196,13 @@ def _targets(config: CompactConfig, labels: Sequence[Diagnosis]) -> dict[str, to
     return out
 
 
-def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    losses = F.cross_entropy(logits, target, reduction="none")
+def _masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-window ``losses`` over the windows ``mask`` keeps (0 when it keeps none)."""
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return _masked_mean(F.cross_entropy(logits, target, reduction="none"), mask)
 
 
 def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -206,15 +210,13 @@ def loss_fn(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
     """Sum of every head's loss; correction heads only count on failures that carry them."""
     loss = F.cross_entropy(outputs["failure"], targets["failure"])
     loss = loss + _masked_ce(outputs["stage"], targets["stage"], targets["stage_mask"])
-    delta_mask = targets["delta_mask"]
     delta_err = F.smooth_l1_loss(outputs["delta"], targets["delta"], reduction="none").sum(1)
-    loss = loss + (delta_err * delta_mask).sum() / delta_mask.sum().clamp(min=1.0)
+    loss = loss + _masked_mean(delta_err, targets["delta_mask"])
     if delta_cosine_weight:
         scale = outputs["delta"].new_tensor(DELTA_SCALE)
         cos = F.cosine_similarity(outputs["delta"] * scale, targets["delta"] * scale, dim=1,
                                   eps=1e-8)
-        loss = loss + delta_cosine_weight * ((1.0 - cos) * delta_mask).sum() / \
-            delta_mask.sum().clamp(min=1.0)
+        loss = loss + delta_cosine_weight * _masked_mean(1.0 - cos, targets["delta_mask"])
     mask = targets["directive_mask"]
     for a in "xyz":
         loss = loss + 0.5 * _masked_ce(outputs[f"dir_{a}"], targets[f"dir_{a}"], mask)
