@@ -1,4 +1,6 @@
-"""first_answer: a request whose answer was lost to discovery is sent again, and no more."""
+"""first_answer and the episode runner on it: lost answers asked for again, extra goals canceled."""
+
+import time
 
 import pytest
 
@@ -77,3 +79,96 @@ def test_a_pause_that_raises_abandons_the_wait():
 def test_nonsense_limits_are_refused(attempts, timeout):
     with pytest.raises(ValueError, match="attempts >= 1 and timeout > 0"):
         first_answer(Server(0).send, timeout=timeout, attempts=attempts)
+
+
+# --- the episode runner's goals: a resend's extra goal and an interrupt are canceled ----------
+class Goal:
+    """A send_goal future: unanswered until ``answer``; its handle cancels on request."""
+
+    def __init__(self):
+        self.handle, self.callbacks, self.cancels = None, [], 0
+
+    def done(self):
+        return self.handle is not None
+
+    def result(self):
+        return self.handle
+
+    def add_done_callback(self, callback):
+        self.callbacks.append(callback)
+        if self.done():
+            callback(self)
+
+    def answer(self, accepted=True):
+        from types import SimpleNamespace
+
+        future = self
+
+        def cancel_goal_async():
+            future.cancels += 1
+            done = Future(answered=True)
+            done.result = lambda: SimpleNamespace(goals_canceling=[1])
+            return done
+
+        self.handle = SimpleNamespace(accepted=accepted, cancel_goal_async=cancel_goal_async)
+        for callback in self.callbacks:
+            callback(self)
+
+
+class Logger:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    warning = info
+
+
+def _runner(goals):
+    """An EpisodeRunner's goal methods on a stand-in: sends hand out ``goals`` in order."""
+    from types import SimpleNamespace
+
+    from failrecov_ros.nodes.episode_runner import EpisodeRunner
+
+    logger = Logger()
+    runner = SimpleNamespace(get_logger=lambda: logger, lines=logger.lines)
+    queue = iter(goals)
+    runner.execute = SimpleNamespace(send_goal_async=lambda goal: next(queue))
+    runner._ask = lambda send, timeout, what, sent: first_answer(send, 0.05, 2, sent).result()
+    runner.send_goal = lambda goal, sent: EpisodeRunner._send_goal(runner, goal, sent)
+    runner.cancel = lambda sent, timeout: EpisodeRunner._cancel(runner, sent, "ep", timeout)
+    return runner
+
+
+def test_a_goal_accepted_after_its_resend_was_is_canceled():
+    lost, resent = Goal(), Goal()
+    resent.answer()  # the resend is accepted at once
+    runner = _runner([lost, resent])
+    sent = []
+    handle = runner.send_goal("goal", sent)
+    assert handle is resent.handle and sent == [lost, resent]
+    assert resent.cancels == 0
+    lost.answer()  # the "lost" answer was only late: that goal runs too, so it is canceled
+    assert lost.cancels == 1 and resent.cancels == 0
+    assert "accepted twice" in runner.lines[-1]
+
+
+def test_an_interrupt_cancels_the_accepted_goal_and_does_not_wait_on_a_lost_one():
+    lost, accepted = Goal(), Goal()
+    accepted.answer()
+    runner = _runner([])
+    started = time.monotonic()
+    runner.cancel([lost, accepted], timeout=30.0)
+    assert time.monotonic() - started < 10.0  # it did not sit out the deadline on the lost one
+    assert accepted.cancels == 1
+    assert runner.lines == ["interrupted: canceled the running goal of ep"]
+
+
+def test_an_interrupt_before_any_goal_was_accepted_cancels_nothing():
+    lost, refused = Goal(), Goal()
+    refused.answer(accepted=False)
+    runner = _runner([])
+    runner.cancel([lost, refused], timeout=0.1)
+    assert refused.cancels == 0
+    assert runner.lines == ["interrupted before the goal of ep was accepted"]
