@@ -331,6 +331,12 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         for ftype in sorted({label.failure_type.value for label in samples.labels}):
             subsets[f"type={ftype}"] = [i for i, label in enumerate(samples.labels)
                                         if label.failure_type.value == ftype]
+    if args.by_stage:
+        groups: dict[str, list[int]] = {}
+        for i, (label, task) in enumerate(zip(samples.labels, samples.tasks, strict=True)):
+            key = f"type={label.failure_type.value},task={task},stage={label.stage}"
+            groups.setdefault(key, []).append(i)
+        subsets.update(sorted(groups.items()))
     for name, index in subsets.items():
         if index:
             result[name] = score([predicted[i] for i in index],
@@ -555,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report the subset with this variation")
     q.add_argument("--by-type", action="store_true",
                    help="also report each true failure type's samples (type=...)")
+    q.add_argument("--by-stage", action="store_true",
+                   help="also report each (true type, task, true stage) group's samples "
+                   "(type=...,task=...,stage=...): where in a task a metric is lost")
     q.add_argument("--keyframe-tolerance", type=int, default=2,
                    help="Dream2Fix delta_k in frames")
     q.add_argument("--threads", type=_positive_int, default=2)

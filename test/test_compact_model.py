@@ -334,6 +334,17 @@ def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
         index = [i for i, label in enumerate(samples.labels)
                  if f"type={label.failure_type.value}" == name]
         assert result == score([predicted[i] for i in index], [samples.labels[i] for i in index])
+    by_stage = subprocess.run(
+        [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
+         "--data", str(generated), "--by-stage"], capture_output=True, text=True, timeout=600)
+    assert by_stage.returncode == 0, by_stage.stderr
+    per_stage = {k: v for k, v in json.loads(by_stage.stdout).items() if k.startswith("type=")}
+    keys = [f"type={label.failure_type.value},task={task},stage={label.stage}"
+            for label, task in zip(samples.labels, samples.tasks, strict=True)]
+    assert set(per_stage) == set(keys) and len(per_stage) >= 2
+    for name, result in per_stage.items():
+        index = [i for i, key in enumerate(keys) if key == name]
+        assert result == score([predicted[i] for i in index], [samples.labels[i] for i in index])
 
 
 def test_filters_hold_a_variation_out(generated):

@@ -128,6 +128,24 @@ def test_delta_cosine():
     assert metrics.delta_cosine([OK, same_direction, OK], [gt, gt, OK]) == pytest.approx(0.5)
 
 
+
+def test_delta_length_ratio_is_the_median_over_translations_both_have():
+    def failsafe(x, y=0.0, yaw=0.0):
+        return parse_failsafe(
+            f"Sub-task: grasp.<Yes>,Trans x.({x}, {y}, 0.0, 0.0, 0.0, {yaw}, 0.0).")
+
+    gt = failsafe(0.1)
+    half, double, sideways = failsafe(0.05), failsafe(0.0, 0.2), failsafe(0.0, 0.1)
+    # lengths only: a sideways delta of the right length is 1 (the cosine says it is wrong)
+    assert metrics.delta_length_ratio([half, double, sideways], [gt, gt, gt]) == pytest.approx(1.0)
+    assert metrics.delta_length_ratio([half, half, double], [gt, gt, gt]) == pytest.approx(0.5)
+    # skipped: no prediction, a rotation-only prediction, a label with no translation, OK labels
+    rotation_only, rotation_label = failsafe(0.0, yaw=0.3), failsafe(0.0, yaw=0.3)
+    assert metrics.delta_length_ratio([OK, rotation_only, double, half, OK],
+                                      [gt, gt, rotation_label, gt, OK]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no FailSafe labels"):
+        metrics.delta_length_ratio([OK, rotation_only], [gt, gt])
+
 def test_label_agreement_pairs_labels_of_one_run_and_type_only():
     x, y, minus_x = (1, 0, 0, 0, 0, 0, 0), (0, 1, 0, 0, 0, 0, 0), (-1, 0, 0, 0, 0, 0, 0)
     labels = [("run1", "translation_x", x), ("run1", "translation_x", y),

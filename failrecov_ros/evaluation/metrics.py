@@ -146,6 +146,27 @@ def delta_cosine(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> 
     return sum(values) / len(values)
 
 
+def delta_length_ratio(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis]) -> float:
+    """Median of predicted / true translation length of dA over the FailSafe labels.
+
+    Ours, beside the cosine, which is blind to length: a delta that points right but is half
+    as long under-corrects. Only pairs where both translations are non-zero count (a missing
+    prediction is the cosine's business).
+    """
+    ratios = []
+    for p, t in _pairs(predicted, truth):
+        if not is_failsafe_label(t) or p.correction.ee_delta is None:
+            continue
+        true_length = math.hypot(*t.correction.ee_delta[:3])
+        predicted_length = math.hypot(*p.correction.ee_delta[:3])
+        if true_length > 0 and predicted_length > 0:
+            ratios.append(predicted_length / true_length)
+    if not ratios:
+        raise ValueError("no FailSafe labels with a translation in both the label and the "
+                         "prediction")
+    return percentile(ratios, 50)
+
+
 def label_agreement(
         labels: Iterable[tuple[Hashable, str, Sequence[float]]]) -> dict[str, tuple[int, float]]:
     """Per failure type: pairs, and mean cosine between dA labels of windows of one failed run.

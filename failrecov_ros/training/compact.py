@@ -417,4 +417,5 @@ def score(predicted: Sequence[Diagnosis], truth: Sequence[Diagnosis],
         "dream2fix_correction_accuracy": guarded(lambda: metrics.dream2fix_correction_accuracy(
             predicted, truth, keyframe_tolerance)),
         "delta_cosine": guarded(lambda: metrics.delta_cosine(predicted, truth)),
+        "delta_length_ratio": guarded(lambda: metrics.delta_length_ratio(predicted, truth)),
     }
