@@ -299,6 +299,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grouped(keys: list[str]) -> dict[str, list[int]]:
+    """The indices of each distinct key, in key order (the report's subsets)."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return dict(sorted(groups.items()))
+
+
 def cmd_eval_dataset(args: argparse.Namespace) -> int:
     """Score a compact checkpoint on a generated dataset with the papers' metrics."""
     from failrecov_ros.models.base import ModelLoadError
@@ -328,15 +336,11 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         subsets[factor_value] = [i for i, v in enumerate(samples.variations)
                                  if matches_variation(v, wanted)]
     if args.by_type:
-        for ftype in sorted({label.failure_type.value for label in samples.labels}):
-            subsets[f"type={ftype}"] = [i for i, label in enumerate(samples.labels)
-                                        if label.failure_type.value == ftype]
+        subsets.update(_grouped([f"type={label.failure_type.value}" for label in samples.labels]))
     if args.by_stage:
-        groups: dict[str, list[int]] = {}
-        for i, (label, task) in enumerate(zip(samples.labels, samples.tasks, strict=True)):
-            key = f"type={label.failure_type.value},task={task},stage={label.stage}"
-            groups.setdefault(key, []).append(i)
-        subsets.update(sorted(groups.items()))
+        subsets.update(_grouped([f"type={label.failure_type.value},task={task},stage={label.stage}"
+                                 for label, task in zip(samples.labels, samples.tasks,
+                                                        strict=True)]))
     for name, index in subsets.items():
         if index:
             result[name] = score([predicted[i] for i in index],

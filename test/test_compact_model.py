@@ -322,30 +322,28 @@ def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
     predicted = predict(model.net, samples)
     assert metrics["all"] == score(predicted, samples.labels)
     assert metrics["all"]["samples"] == len(samples)
-    by_type = subprocess.run(
-        [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
-         "--data", str(generated), "--by-type"], capture_output=True, text=True, timeout=600)
-    assert by_type.returncode == 0, by_type.stderr
-    per_type = {k: v for k, v in json.loads(by_type.stdout).items() if k.startswith("type=")}
-    types = {label.failure_type.value for label in samples.labels}
-    assert set(per_type) == {f"type={t}" for t in types} and len(types) >= 2
-    assert sum(v["samples"] for v in per_type.values()) == len(samples)
-    for name, result in per_type.items():
-        index = [i for i, label in enumerate(samples.labels)
-                 if f"type={label.failure_type.value}" == name]
-        assert result == score([predicted[i] for i in index], [samples.labels[i] for i in index])
-    by_stage = subprocess.run(
-        [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
-         "--data", str(generated), "--by-stage"], capture_output=True, text=True, timeout=600)
-    assert by_stage.returncode == 0, by_stage.stderr
-    per_stage = {k: v for k, v in json.loads(by_stage.stdout).items() if k.startswith("type=")}
-    keys = [f"type={label.failure_type.value},task={task},stage={label.stage}"
-            for label, task in zip(samples.labels, samples.tasks, strict=True)]
-    assert set(per_stage) == set(keys) and len(per_stage) >= 2
-    for name, result in per_stage.items():
-        index = [i for i, key in enumerate(keys) if key == name]
-        assert result == score([predicted[i] for i in index], [samples.labels[i] for i in index])
 
+    def reported_groups(flag):
+        run = subprocess.run(
+            [sys.executable, "-m", "failrecov_ros.cli", "eval", "dataset", "--model", str(out),
+             "--data", str(generated), flag], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        return {k: v for k, v in json.loads(run.stdout).items() if k.startswith("type=")}
+
+    def assert_scored_by(reported, keys):
+        """One subset per distinct key, each scored exactly as score() scores its samples."""
+        assert set(reported) == set(keys) and len(reported) >= 2
+        for name, result in reported.items():
+            index = [i for i, key in enumerate(keys) if key == name]
+            assert result == score([predicted[i] for i in index],
+                                   [samples.labels[i] for i in index])
+
+    per_type = reported_groups("--by-type")
+    assert_scored_by(per_type, [f"type={label.failure_type.value}" for label in samples.labels])
+    assert sum(v["samples"] for v in per_type.values()) == len(samples)
+    assert_scored_by(reported_groups("--by-stage"),
+                     [f"type={label.failure_type.value},task={task},stage={label.stage}"
+                      for label, task in zip(samples.labels, samples.tasks, strict=True)])
 
 def test_filters_hold_a_variation_out(generated):
     everything = load_samples(generated, image_size=32)

@@ -128,7 +128,6 @@ def test_delta_cosine():
     assert metrics.delta_cosine([OK, same_direction, OK], [gt, gt, OK]) == pytest.approx(0.5)
 
 
-
 def test_delta_length_ratio_is_the_median_over_translations_both_have():
     def failsafe(x, y=0.0, yaw=0.0):
         return parse_failsafe(
@@ -145,6 +144,7 @@ def test_delta_length_ratio_is_the_median_over_translations_both_have():
                                       [gt, gt, rotation_label, gt, OK]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no FailSafe labels"):
         metrics.delta_length_ratio([OK, rotation_only], [gt, gt])
+
 
 def test_label_agreement_pairs_labels_of_one_run_and_type_only():
     x, y, minus_x = (1, 0, 0, 0, 0, 0, 0), (0, 1, 0, 0, 0, 0, 0), (-1, 0, 0, 0, 0, 0, 0)
