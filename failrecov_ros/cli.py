@@ -309,6 +309,7 @@ def _grouped(keys: list[str]) -> dict[str, list[int]]:
 
 def cmd_eval_dataset(args: argparse.Namespace) -> int:
     """Score a compact checkpoint on a generated dataset with the papers' metrics."""
+    from failrecov_ros.evaluation.metrics import type_confusion
     from failrecov_ros.models.base import ModelLoadError
     from failrecov_ros.models.compact import CompactModel
     from failrecov_ros.training.compact import (
@@ -329,7 +330,8 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         return 2
     predicted = predict(model.net, samples)
     result = {"model": str(args.model), "data": str(args.data), "filter": args.only,
-              "all": score(predicted, samples.labels, args.keyframe_tolerance)}
+              "all": score(predicted, samples.labels, args.keyframe_tolerance),
+              "confusion": type_confusion(predicted, samples.labels)}
     subsets = {}
     for factor_value in args.breakdown:
         wanted = parse_filter([factor_value])

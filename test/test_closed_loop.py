@@ -91,6 +91,8 @@ def test_summary_figures_match_a_hand_count():
     assert s["diagnosis_accuracy"] == pytest.approx(1 / 3)
     assert s["fault_detection_rate"] == pytest.approx(0.5)
     assert s["fault_type_accuracy"] == pytest.approx(0.5)
+    assert s["confusion"] == {"force_open -> none": 1, "none -> slip": 1,
+                              "translation_x -> translation_x": 1}
     assert (s["false_alarm_episodes"], s["nominal_episodes"]) == (1, 1)
     assert s["false_alarm_episodes_acted_on"] == 0  # one slip window: no takeover
     # Latencies 10, 20, 30, 40 ms: linear-interpolation percentiles.

@@ -21,6 +21,7 @@ from failrecov_ros.core.schema import (
 from failrecov_ros.core.taxonomy import FailureType
 from failrecov_ros.datagen.config import from_dict
 from failrecov_ros.datagen.runner import generate
+from failrecov_ros.evaluation.metrics import type_confusion
 from failrecov_ros.models import compact
 from failrecov_ros.models.base import ModelLoadError, Window, diagnose
 from failrecov_ros.models.compact import CompactConfig, CompactModel, CompactNet
@@ -322,6 +323,8 @@ def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
     predicted = predict(model.net, samples)
     assert metrics["all"] == score(predicted, samples.labels)
     assert metrics["all"]["samples"] == len(samples)
+    assert metrics["confusion"] == type_confusion(predicted, samples.labels)
+    assert sum(metrics["confusion"].values()) == len(samples)
 
     def reported_groups(flag):
         run = subprocess.run(
@@ -344,6 +347,7 @@ def test_train_command_end_to_end_on_generated_data(generated, tmp_path):
     assert_scored_by(reported_groups("--by-stage"),
                      [f"type={label.failure_type.value},task={task},stage={label.stage}"
                       for label, task in zip(samples.labels, samples.tasks, strict=True)])
+
 
 def test_filters_hold_a_variation_out(generated):
     everything = load_samples(generated, image_size=32)

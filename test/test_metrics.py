@@ -176,6 +176,21 @@ def test_family_confusion_counts():
                       ("gripper", "unknown"): 1}
 
 
+def test_type_confusion_counts_commonest_first_with_the_axis():
+    truth = [OK, TRANS_GT, TRANS_GT, GRIP_GT, OK]
+    predicted = [OK, GRIP_GT, GRIP_GT, UNKNOWN, OK]
+    counts = metrics.type_confusion(predicted, truth)
+    assert counts == {"none -> none": 2, "translation_y -> delay_close": 2,
+                      "delay_close -> unknown": 1}
+    # Commonest first, ties by name: the same predictions always write the same file.
+    assert list(counts) == ["none -> none", "translation_y -> delay_close",
+                            "delay_close -> unknown"]
+    assert list(metrics.confusion_counts([("b", "b"), ("a", "c"), ("b", "b"), ("a", "a")])) \
+        == ["b -> b", "a -> a", "a -> c"]
+    with pytest.raises(ValueError, match="1 predictions for 2 labels"):
+        metrics.type_confusion([OK], [OK, OK])
+
+
 def test_misaligned_or_empty_inputs_are_errors():
     with pytest.raises(ValueError, match="2 predictions for 1 labels"):
         metrics.binary_accuracy([OK, OK], [OK])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from failrecov_ros.core.schema import (
     GripperCommand,
 )
 from failrecov_ros.core.taxonomy import FailureType
+from failrecov_ros.evaluation import metrics
 
 #: Injected fault -> the failure type it produces (the label the monitor should give).
 FAULT_LABELS = {
@@ -283,7 +283,7 @@ def summarize(results: Iterable[EpisodeResult], threshold: float = 0.5) -> dict[
         "extra_time_s_mean": statistics.fmean(extra) if extra else None,
         "executor_false_successes": sum(r.executor_claimed_success and not r.success
                                         for r in results),
-        "confusion": dict(Counter(f"{t} -> {c}" for t, c in verdicts)),
+        "confusion": metrics.confusion_counts(verdicts),
         "per_fault": per_type,
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 
 from failrecov_ros.core.schema import CorrectionKind, Diagnosis, Directive
@@ -202,6 +202,25 @@ def rouge_l(candidate: str, reference: str, beta: float = 1.0) -> float:
         return 0.0
     precision, recall = lcs / len(c), lcs / len(r)
     return (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+
+
+def confusion_counts(pairs: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """``"true -> predicted"`` counts of (true, predicted) class names, commonest first.
+
+    Ties go by name, so two runs with the same predictions write the same file.
+    """
+    counts = Counter(f"{true} -> {guess}" for true, guess in pairs)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def type_confusion(predicted: Sequence[Diagnosis],
+                   truth: Sequence[Diagnosis]) -> dict[str, int]:
+    """Which failure types (axis included) a model takes for which: where its errors go.
+
+    Ours, beside the accuracies, which say how often a model is wrong but not how.
+    """
+    return confusion_counts((t.failure_type.value, p.failure_type.value)
+                            for p, t in _pairs(predicted, truth))
 
 
 def family_confusion(predicted: Sequence[Diagnosis],
