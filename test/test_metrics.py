@@ -170,12 +170,6 @@ def test_rouge_l_hand_computed():
     assert metrics.rouge_l("gripper open", "the gripper stays open") == pytest.approx(2 / 3)
 
 
-def test_family_confusion_counts():
-    counts = metrics.family_confusion([OK, GRIP_GT, UNKNOWN], [OK, TRANS_GT, GRIP_GT])
-    assert counts == {("none", "none"): 1, ("translation", "gripper"): 1,
-                      ("gripper", "unknown"): 1}
-
-
 def test_type_confusion_counts_commonest_first_with_the_axis():
     truth = [OK, TRANS_GT, TRANS_GT, GRIP_GT, OK]
     predicted = [OK, GRIP_GT, GRIP_GT, UNKNOWN, OK]

@@ -223,18 +223,6 @@ def type_confusion(predicted: Sequence[Diagnosis],
                             for p, t in _pairs(predicted, truth))
 
 
-def family_confusion(predicted: Sequence[Diagnosis],
-                     truth: Sequence[Diagnosis]) -> dict[tuple[str, str], int]:
-    """Counts of (true family, predicted family) pairs, for confusion matrices."""
-    counts: dict[tuple[str, str], int] = {}
-    for p, t in _pairs(predicted, truth):
-        key = (family(t.failure_type).value, family(p.failure_type).value)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-
-
 # --- episode-level metrics (replayed bags, live runs) ---------------------------------------
 #: A failed diagnosis at or above this confidence counts; the executor's default takeover
 #: threshold (config/skill_executor.yaml ``confidence_threshold``), so scores match behaviour.
