@@ -10,10 +10,9 @@
 #   3. one training from scratch, 10 epochs, on both (the closed-loop windows twice over, so
 #      they stay a quarter of what the model sees), each epoch's windows drawn by failure type
 #      (--balance 0.5: stalls outnumber translations ten to one), with the FR3's tool pose of
-#      each frame as an input (--robot fr3, the default).
-# The shipped checkpoint's 20k expert set was made before the force_open operator was fixed:
-# its 1190 force_open rows were replaced by 1204 made with the fixed one (`failrecov datagen
-# --config FORCE_OPEN_ONLY --samples 1200 --seed 3`); run now, step 1 makes them right.
+#      each frame as an input (--robot fr3, the default), and a (1 - cosine) term on the dA
+#      head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of an
+#      uncertain delta drift, and the FailSafe metric scores the direction).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
@@ -34,7 +33,7 @@ for copy in 1 2; do
   done
 done
 failrecov train --data "$WORK/mixed" --out "$WORK/model" --epochs 10 --balance 0.5 \
-  --robot fr3 --exclude target_color=purple --seed 0
+  --robot fr3 --exclude target_color=purple --seed 0 --delta-cosine-weight 1
 failrecov eval dataset --model "$WORK/model" --data "$WORK/heldout" \
   --breakdown target_color=purple > "$WORK/model/heldout.json"
 failrecov eval dataset --model "$WORK/model" --data "$WORK/closed_loop_heldout" \
