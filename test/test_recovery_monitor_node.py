@@ -211,9 +211,15 @@ def test_on_request_analysis_of_what_is_buffered(peer, checkpoint):
         time.sleep(0.5)
         assert not peer.received["diagnosis"]
         # What the monitor buffered, by its own count: images are sensor data (keep last 2),
-        # so under load one of the three may be dropped before the monitor takes it.
-        reports = len(peer.received["diagnostics"])
-        assert wait_until(lambda: len(peer.received["diagnostics"]) > reports, 5)
+        # so under load one of the three may be dropped before the monitor takes it. Two
+        # reports in a row with the same count (0.5 s apart): no frame is still on its way.
+        reports = len(peer.diagnostics_values("frames"))
+
+        def settled():
+            counts = peer.diagnostics_values("frames")[reports:]
+            return len(counts) >= 2 and counts[-1] == counts[-2]
+
+        assert wait_until(settled, 10)
         buffered = int(peer.diagnostics_value("frames"))
         assert 1 <= buffered <= 3
         assert wait_until(lambda: peer.analyze.service_is_ready(), 10)
