@@ -391,7 +391,17 @@ def test_an_unsafe_correction_is_rejected_and_nothing_moves(sim):
 
 def test_cancel_mid_skill_stops_the_arm(sim):
     kin = make_kinematics("fr3")
-    handle = sim.send(ExecuteTask.Goal(task_name="pick_cube", episode_id="ep"))
+    # A goal answered first (an unknown task), so no answer below is lost to discovery.
+    warm = sim.run(ExecuteTask.Goal(task_name="no_such_task"))
+    assert warm.result.error_code == ExecuteTask.Result.INVALID_GOAL
+    # Two goals at once: one is accepted, the other refused when judged (not accepted only to
+    # end INVALID_GOAL, as when the executor checked for a running task at the goal's start).
+    futures = [sim.action.send_goal_async(
+        ExecuteTask.Goal(task_name="pick_cube", episode_id=f"ep{i}"), sim.feedback.append)
+        for i in (1, 2)]
+    handles = [wait_future(future, 30) for future in futures]
+    assert sorted(h.accepted for h in handles) == [False, True]
+    handle = next(h for h in handles if h.accepted)
     sim.wait_status(lambda s: s.skill == "approach" and s.event == "gripper_open", 120)
     assert wait_until(lambda: np.max(np.abs(sim.joints(fr3.ARM_JOINTS) - HOME)) > 0.05, 60)
     # One active goal: a second one is refused while this one runs.

@@ -53,7 +53,14 @@ from failrecov_ros.ros.logs import log_at
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec, load_task_library
 from failrecov_ros.skills.objects import ObjectPoseError, PoseBoard
-from failrecov_ros.skills.runner import Feedback, Request, ResultCode, TaskResult, TaskRunner
+from failrecov_ros.skills.runner import (
+    Feedback,
+    Request,
+    ResultCode,
+    TaskResult,
+    TaskRunner,
+    TaskSlot,
+)
 from failrecov_ros.skills.settings import ROBOTS, executor_settings, parameter_defaults
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -96,12 +103,13 @@ class SkillExecutor(Node):
                                  self._on_trajectory, event_qos(), callback_group=io)
         self.create_subscription(Float64MultiArray, "ee_delta_command", self._on_policy,
                                  event_qos(), callback_group=io)
-        self._busy = threading.Lock()
+        self._slot = TaskSlot()  # one task at a time, claimed when its goal is accepted
         self._stopping = False  # a shutdown was requested: stop the running task
-        self._goal_handle = None
+        self._goal_handle = None  # the goal that holds the slot
         self.server = ActionServer(
             self, ExecuteTask, "execute_task", execute_callback=self._execute,
-            goal_callback=self._on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup())
         self.status_pub.publish(status_to_msg(self.runner.status, self.robot))
         self.get_logger().info(
@@ -111,7 +119,7 @@ class SkillExecutor(Node):
     def drain(self) -> bool:
         """On a shutdown request: stop the running task (arm stopped); True once none runs."""
         self._stopping = True
-        return not self._busy.locked()
+        return not self._slot.busy
 
     def _cancel_reason(self, goal_handle) -> str:
         if goal_handle.is_cancel_requested:
@@ -181,11 +189,16 @@ class SkillExecutor(Node):
         if self._stopping:
             self.get_logger().warning("rejected a task goal: the executor is shutting down")
             return GoalResponse.REJECT
-        if self._busy.locked():
+        if not self._slot.claim():
             self.get_logger().warning("rejected a task goal: another task is running (one "
                                       "active goal at a time)")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
+
+    def _on_accepted(self, goal_handle) -> None:
+        if self._slot.hold():
+            self._goal_handle = goal_handle
+        goal_handle.execute()
 
     def _feedback(self, feedback: Feedback) -> None:
         handle = self._goal_handle
@@ -206,26 +219,28 @@ class SkillExecutor(Node):
         return Request(task, goal.episode_id, bool(goal.enable_recovery),
                        int(goal.max_recoveries))
 
+    def _run(self, goal_handle) -> TaskResult:
+        try:
+            request = self._request(goal_handle.request)
+        except TaskError as error:
+            self.get_logger().warning(f"invalid task goal: {error}")
+            return TaskResult(ResultCode.INVALID_GOAL, str(error))
+        return self.runner.run(request, lambda: self._cancel_reason(goal_handle))
+
     def _execute(self, goal_handle):
-        if self._stopping:
-            outcome = TaskResult(ResultCode.CANCELED, "the skill executor is shutting down; "
-                                                      "the task was not started")
-        elif not self._busy.acquire(blocking=False):
+        if goal_handle is not self._goal_handle:
             outcome = TaskResult(ResultCode.INVALID_GOAL, "another task is running (one active "
                                                           "goal at a time)")
         else:
-            self._goal_handle = goal_handle
             try:
-                try:
-                    request = self._request(goal_handle.request)
-                except TaskError as error:
-                    outcome = TaskResult(ResultCode.INVALID_GOAL, str(error))
-                    self.get_logger().warning(f"invalid task goal: {error}")
+                if self._stopping:
+                    outcome = TaskResult(ResultCode.CANCELED, "the skill executor is shutting "
+                                                              "down; the task was not started")
                 else:
-                    outcome = self.runner.run(request, lambda: self._cancel_reason(goal_handle))
+                    outcome = self._run(goal_handle)
             finally:
                 self._goal_handle = None
-                self._busy.release()
+                self._slot.release()
         if outcome.code is ResultCode.SUCCEEDED:
             goal_handle.succeed()
         elif outcome.code is ResultCode.CANCELED and goal_handle.is_cancel_requested:
