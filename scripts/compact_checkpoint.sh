@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
-# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About five
-# hours on 2 cores:
-#   1. expert data: the data engine's 20k samples (about 4 h) and 1000 held-out ones;
+# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two
+# hours on 2 cores (measured in parts, on the machine the checkpoint was made on):
+#   1. expert data: the data engine's 20k samples (about 55 min at 365-375 a minute) and 1000
+#      held-out ones;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
-#      faults injected, windows as the monitor takes them; 500 + 60 held-out episodes), so the
-#      model knows what the runtime's own episodes look like (trained on expert episodes only,
-#      it read the executor's pauses as stalls and its missed grasps as nothing wrong);
-#   3. one training from scratch, 10 epochs, on both (the closed-loop windows twice over, so
-#      they stay a quarter of what the model sees), each epoch's windows drawn by failure type
-#      (--balance 0.5: stalls outnumber translations ten to one), with the FR3's tool pose of
-#      each frame as an input (--robot fr3, the default), and a (1 - cosine) term on the dA
-#      head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of an
-#      uncertain delta drift, and the FailSafe metric scores the direction).
+#      faults injected, windows as the monitor takes them; 500 + 60 held-out episodes, about
+#      25 min at 22 a minute), so the model knows what the runtime's own episodes look like
+#      (trained on expert episodes only, it read the executor's pauses as stalls and its missed
+#      grasps as nothing wrong);
+#   3. one training from scratch (30 min), 10 epochs, on both (the closed-loop windows twice
+#      over, so they stay a quarter of what the model sees), each epoch's windows drawn by
+#      failure type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's
+#      tool pose of each frame as an input (--robot fr3, the default), and a (1 - cosine) term
+#      on the dA head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of
+#      an uncertain delta drift, and the FailSafe metric scores the direction).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
