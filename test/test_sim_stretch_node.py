@@ -105,6 +105,22 @@ def test_second_goal_is_rejected_while_one_is_active(sim):
     assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
 
 
+def test_of_two_goals_sent_together_one_is_accepted_and_the_next_gets_in(sim):
+    sim.run(["joint_lift"], [0.5])  # an answered goal first: neither answer below is lost
+    goals = []
+    for lift in (0.6, 0.7):
+        goal = FollowJointTrajectory.Goal()
+        goal.trajectory = joint_trajectory_msg(["joint_lift"], [(0.0, [lift])])
+        goals.append(goal)
+    futures = [sim.action.send_goal_async(goal) for goal in goals]
+    handles = [sim.wait(future) for future in futures]
+    accepted = [handle for handle in handles if handle.accepted]
+    assert len(accepted) == 1, [handle.accepted for handle in handles]
+    result = sim.wait(accepted[0].get_result_async())
+    assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
+    assert sim.run(["joint_lift"], [0.5]).status == GoalStatus.STATUS_SUCCEEDED  # slot freed
+
+
 def test_unknown_joint_is_invalid_joints(sim):
     response = sim.run(["joint_lift", "panda_joint2"], [0.5, 0.0])
     assert response.status == GoalStatus.STATUS_ABORTED

@@ -59,7 +59,6 @@ from failrecov_ros.skills.runner import (
     ResultCode,
     State,
     TaskRunner,
-    TaskSlot,
 )
 from failrecov_ros.skills.settings import ROBOTS, executor_settings, parameter_defaults
 from failrecov_ros.skills.steps import (
@@ -1180,42 +1179,3 @@ def test_codes_and_states_match_the_interfaces():
                   "recovery_start", "recovery_end"):
         assert event in {getattr(SkillStatus, n) for n in dir(SkillStatus)
                          if n.startswith("EVENT_")}
-
-
-def test_the_task_slot_admits_one_goal_from_acceptance_to_the_end():
-    now = [0.0]
-    slot = TaskSlot(claim_timeout_s=5.0, clock=lambda: now[0])
-    assert not slot.busy and slot.claim() and slot.busy
-    assert not slot.claim()  # a second goal arriving together is refused when judged
-    assert slot.hold() and slot.busy
-    now[0] = 1000.0
-    assert not slot.claim() and slot.busy  # a held task has no time limit
-    slot.release()
-    assert not slot.busy and slot.claim()
-    # A claim whose goal response was lost is never held: it lapses, and the resend gets in.
-    now[0] += 4.9
-    assert not slot.claim()
-    now[0] += 0.2
-    assert not slot.busy and slot.claim() and slot.hold()
-    # A goal accepted on a lapsed claim while another holds the slot is told so (one runs).
-    assert not slot.hold()
-    slot.release()
-    with pytest.raises(ValueError, match="claim_timeout_s must be positive"):
-        TaskSlot(claim_timeout_s=0.0)
-
-
-def test_the_task_slot_lets_one_of_many_racing_claims_win():
-    slot = TaskSlot()
-    start = threading.Barrier(8)
-    wins = []
-
-    def race():
-        start.wait()
-        wins.append(slot.claim())
-
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins) == [False] * 7 + [True]

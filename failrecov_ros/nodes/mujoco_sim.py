@@ -43,6 +43,7 @@ from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.ros.conversions import ns_to_time, trajectory_goal_from_msg
 from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.qos import sensor_qos
+from failrecov_ros.ros.requests import TaskSlot
 from failrecov_ros.ros.sensors import (
     camera_info_msg,
     depth_image_msg,
@@ -246,12 +247,16 @@ class MujocoSim(Node):
         self.instruction = "pick up the red cube"
         self.stretch = StretchController(self.sim)
         self._stretch_goal: _Pending | None = None
-        self._stretch_reserved = False  # a goal accepted and not yet finished
+        # stretch_driver runs one goal at a time; the slot is claimed when a goal is judged, so
+        # two arriving together are not both accepted, and lapses if the answer was lost.
+        self._stretch_slot = TaskSlot()
+        self._stretch_holder = None  # the goal handle holding the slot
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self._servers = [ActionServer(
             self, FollowJointTrajectory, stretch.FOLLOW_JOINT_TRAJECTORY_ACTION,
             execute_callback=self._execute_stretch_trajectory,
             goal_callback=self._stretch_goal_callback,
+            handle_accepted_callback=self._stretch_goal_accepted,
             cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)]
         for mode, name in stretch.MODE_SERVICES.items():
             self.create_service(Trigger, name, self._mode_service(mode), callback_group=group)
@@ -588,18 +593,29 @@ class MujocoSim(Node):
     def _stretch_goal_callback(self, _request):
         # stretch_driver takes one goal at a time: a new goal is rejected while one runs.
         with self.lock:
-            if self._stretch_reserved or self.stretch.active:
+            if self.stretch.active or not self._stretch_slot.claim():
                 self.get_logger().warning("goal rejected: another goal or motion is active")
                 return GoalResponse.REJECT
-            self._stretch_reserved = True
         return GoalResponse.ACCEPT
 
+    def _stretch_goal_accepted(self, goal_handle) -> None:
+        if self._stretch_slot.hold():
+            self._stretch_holder = goal_handle
+        goal_handle.execute()
+
     def _execute_stretch_trajectory(self, goal_handle):
+        if goal_handle is not self._stretch_holder:
+            # Accepted on a claim that lapsed while another goal took the slot: one runs.
+            result = FollowJointTrajectory.Result()
+            result.error_code = int(ResultCode.INVALID_GOAL)
+            result.error_string = "another goal is active"
+            goal_handle.abort()
+            return result
         try:
             return self._run_stretch_trajectory(goal_handle)
         finally:
-            with self.lock:
-                self._stretch_reserved = False
+            self._stretch_holder = None
+            self._stretch_slot.release()
 
     def _run_stretch_trajectory(self, goal_handle):
         return self._follow_trajectory(goal_handle, self.stretch, "_stretch_goal",

@@ -51,6 +51,7 @@ from failrecov_ros.ros.conversions import (
 from failrecov_ros.ros.entry import spin_until_shutdown, start_node
 from failrecov_ros.ros.logs import log_at
 from failrecov_ros.ros.qos import event_qos, latched_qos, sensor_qos
+from failrecov_ros.ros.requests import TaskSlot
 from failrecov_ros.skills.library import Pose, TaskError, TaskSpec, load_task_library
 from failrecov_ros.skills.objects import ObjectPoseError, PoseBoard
 from failrecov_ros.skills.runner import (
@@ -59,7 +60,6 @@ from failrecov_ros.skills.runner import (
     ResultCode,
     TaskResult,
     TaskRunner,
-    TaskSlot,
 )
 from failrecov_ros.skills.settings import ROBOTS, executor_settings, parameter_defaults
 

@@ -6,13 +6,16 @@ waits 100 ms for it and drops the response (rmw_fastrtps #390, #467), and rclpy 
 send goal response": the client waits for an answer that never comes. It happens to the first
 request after discovery on a loaded machine. An rclpy action server whose goal response failed
 never runs the goal, so a goal can be sent again; a service has run its callback, so only
-requests that are safe to repeat (queries, set-ups, resets) go through here.
+requests that are safe to repeat (queries, set-ups, resets) go through here. The server's half
+is :class:`TaskSlot`: a goal admitted but never run must not keep the server closed to the resend.
 
 No rclpy import: anything with ``done()`` is a future.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -51,3 +54,59 @@ def first_answer(send: Callable[[], F], timeout: float, attempts: int = 3,
                 break
             pause(POLL)
     return None
+
+
+class TaskSlot:
+    """Admits one task at a time, from the moment its goal is accepted until it ends.
+
+    An action server accepts a goal and runs it later, so two goals arriving together both
+    pass a check of "is a task running?" and the second is accepted only to be refused. The
+    slot is therefore claimed when a goal is judged (``claim``), held once the server has told
+    the client it accepted (``hold``), and freed when the task ends (``release``). A claim
+    never held lapses after ``claim_timeout_s``: when the goal response is lost (above) rclpy
+    never runs the goal, and the client's resend must not find the server closed.
+    """
+
+    def __init__(self, claim_timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not (math.isfinite(claim_timeout_s) and claim_timeout_s > 0):
+            raise ValueError(f"claim_timeout_s must be positive, got {claim_timeout_s}")
+        self._timeout, self._clock = claim_timeout_s, clock
+        self._lock = threading.Lock()
+        self._claimed_at: float | None = None
+        self._held = False
+
+    def _claim_live(self) -> bool:
+        return self._claimed_at is not None and \
+            self._clock() - self._claimed_at < self._timeout
+
+    def claim(self) -> bool:
+        """Reserve the slot for a goal being judged; False while a task holds or claims it."""
+        with self._lock:
+            if self._held or self._claim_live():
+                return False
+            self._claimed_at = self._clock()
+            return True
+
+    def hold(self) -> bool:
+        """The claimed goal was accepted: keep the slot until ``release``, however long.
+
+        False if a task already holds it: a claim that lapsed while its goal was being
+        answered, and was claimed again meanwhile, lets two goals be accepted; one runs.
+        """
+        with self._lock:
+            if self._held:
+                return False
+            self._held, self._claimed_at = True, None
+            return True
+
+    def release(self) -> None:
+        """The task ended (or never started): free the slot."""
+        with self._lock:
+            self._held, self._claimed_at = False, None
+
+    @property
+    def busy(self) -> bool:
+        """A task holds the slot, or a goal's live claim does."""
+        with self._lock:
+            return self._held or self._claim_live()
