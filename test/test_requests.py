@@ -181,21 +181,25 @@ def test_an_interrupt_before_any_goal_was_accepted_cancels_nothing():
 def test_the_task_slot_admits_one_goal_from_acceptance_to_the_end():
     now = [0.0]
     slot = TaskSlot(claim_timeout_s=5.0, clock=lambda: now[0])
+    first, second = object(), object()
     assert not slot.busy and slot.claim() and slot.busy
     assert not slot.claim()  # a second goal arriving together is refused when judged
-    assert slot.hold() and slot.busy
+    assert slot.holder is None
+    assert slot.hold(first) and slot.busy and slot.holder is first
     now[0] = 1000.0
     assert not slot.claim() and slot.busy  # a held task has no time limit
     slot.release()
-    assert not slot.busy and slot.claim()
+    assert not slot.busy and slot.holder is None and slot.claim()
     # A claim whose goal response was lost is never held: it lapses, and the resend gets in.
     now[0] += 4.9
     assert not slot.claim()
     now[0] += 0.2
-    assert not slot.busy and slot.claim() and slot.hold()
+    assert not slot.busy and slot.claim() and slot.hold(first)
     # A goal accepted on a lapsed claim while another holds the slot is told so (one runs).
-    assert not slot.hold()
+    assert not slot.hold(second) and slot.holder is first
     slot.release()
+    with pytest.raises(ValueError, match="must not be None"):
+        slot.hold(None)
     with pytest.raises(ValueError, match="claim_timeout_s must be positive"):
         TaskSlot(claim_timeout_s=0.0)
 

@@ -250,7 +250,6 @@ class MujocoSim(Node):
         # stretch_driver runs one goal at a time; the slot is claimed when a goal is judged, so
         # two arriving together are not both accepted, and lapses if the answer was lost.
         self._stretch_slot = TaskSlot()
-        self._stretch_holder = None  # the goal handle holding the slot
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self._servers = [ActionServer(
             self, FollowJointTrajectory, stretch.FOLLOW_JOINT_TRAJECTORY_ACTION,
@@ -599,12 +598,11 @@ class MujocoSim(Node):
         return GoalResponse.ACCEPT
 
     def _stretch_goal_accepted(self, goal_handle) -> None:
-        if self._stretch_slot.hold():
-            self._stretch_holder = goal_handle
+        self._stretch_slot.hold(goal_handle)
         goal_handle.execute()
 
     def _execute_stretch_trajectory(self, goal_handle):
-        if goal_handle is not self._stretch_holder:
+        if goal_handle is not self._stretch_slot.holder:
             # Accepted on a claim that lapsed while another goal took the slot: one runs.
             result = FollowJointTrajectory.Result()
             result.error_code = int(ResultCode.INVALID_GOAL)
@@ -614,7 +612,6 @@ class MujocoSim(Node):
         try:
             return self._run_stretch_trajectory(goal_handle)
         finally:
-            self._stretch_holder = None
             self._stretch_slot.release()
 
     def _run_stretch_trajectory(self, goal_handle):

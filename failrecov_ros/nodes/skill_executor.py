@@ -105,7 +105,6 @@ class SkillExecutor(Node):
                                  event_qos(), callback_group=io)
         self._slot = TaskSlot()  # one task at a time, claimed when its goal is accepted
         self._stopping = False  # a shutdown was requested: stop the running task
-        self._goal_handle = None  # the goal that holds the slot
         self.server = ActionServer(
             self, ExecuteTask, "execute_task", execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
@@ -196,12 +195,11 @@ class SkillExecutor(Node):
         return GoalResponse.ACCEPT
 
     def _on_accepted(self, goal_handle) -> None:
-        if self._slot.hold():
-            self._goal_handle = goal_handle
+        self._slot.hold(goal_handle)
         goal_handle.execute()
 
     def _feedback(self, feedback: Feedback) -> None:
-        handle = self._goal_handle
+        handle = self._slot.holder
         if handle is not None:
             handle.publish_feedback(feedback_to_msg(feedback))
 
@@ -228,7 +226,7 @@ class SkillExecutor(Node):
         return self.runner.run(request, lambda: self._cancel_reason(goal_handle))
 
     def _execute(self, goal_handle):
-        if goal_handle is not self._goal_handle:
+        if goal_handle is not self._slot.holder:
             outcome = TaskResult(ResultCode.INVALID_GOAL, "another task is running (one active "
                                                           "goal at a time)")
         else:
@@ -239,7 +237,6 @@ class SkillExecutor(Node):
                 else:
                     outcome = self._run(goal_handle)
             finally:
-                self._goal_handle = None
                 self._slot.release()
         if outcome.code is ResultCode.SUCCEEDED:
             goal_handle.succeed()

@@ -64,7 +64,8 @@ class TaskSlot:
     slot is therefore claimed when a goal is judged (``claim``), held once the server has told
     the client it accepted (``hold``), and freed when the task ends (``release``). A claim
     never held lapses after ``claim_timeout_s``: when the goal response is lost (above) rclpy
-    never runs the goal, and the client's resend must not find the server closed.
+    never runs the goal, and the client's resend must not find the server closed. The slot
+    keeps its holder (the goal handle), so a server asks it which goal is the one to run.
     """
 
     def __init__(self, claim_timeout_s: float = 5.0,
@@ -74,7 +75,7 @@ class TaskSlot:
         self._timeout, self._clock = claim_timeout_s, clock
         self._lock = threading.Lock()
         self._claimed_at: float | None = None
-        self._held = False
+        self._holder: object | None = None
 
     def _claim_live(self) -> bool:
         return self._claimed_at is not None and \
@@ -83,30 +84,38 @@ class TaskSlot:
     def claim(self) -> bool:
         """Reserve the slot for a goal being judged; False while a task holds or claims it."""
         with self._lock:
-            if self._held or self._claim_live():
+            if self._holder is not None or self._claim_live():
                 return False
             self._claimed_at = self._clock()
             return True
 
-    def hold(self) -> bool:
-        """The claimed goal was accepted: keep the slot until ``release``, however long.
+    def hold(self, holder: object) -> bool:
+        """The claimed goal ``holder`` was accepted: keep the slot until ``release``.
 
         False if a task already holds it: a claim that lapsed while its goal was being
         answered, and was claimed again meanwhile, lets two goals be accepted; one runs.
         """
+        if holder is None:
+            raise ValueError("the slot's holder must not be None")
         with self._lock:
-            if self._held:
+            if self._holder is not None:
                 return False
-            self._held, self._claimed_at = True, None
+            self._holder, self._claimed_at = holder, None
             return True
+
+    @property
+    def holder(self) -> object | None:
+        """The accepted goal holding the slot; None when none does."""
+        with self._lock:
+            return self._holder
 
     def release(self) -> None:
         """The task ended (or never started): free the slot."""
         with self._lock:
-            self._held, self._claimed_at = False, None
+            self._holder, self._claimed_at = None, None
 
     @property
     def busy(self) -> bool:
         """A task holds the slot, or a goal's live claim does."""
         with self._lock:
-            return self._held or self._claim_live()
+            return self._holder is not None or self._claim_live()
