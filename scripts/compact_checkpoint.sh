@@ -5,12 +5,13 @@
 #   1. expert data: the data engine's 20k samples (about 55 min at 365-375 a minute) and 1000
 #      held-out ones;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
-#      faults injected, windows as the monitor takes them; 500 + 60 held-out episodes, about
-#      25 min at 22 a minute), so the model knows what the runtime's own episodes look like
-#      (trained on expert episodes only, it read the executor's pauses as stalls and its missed
-#      grasps as nothing wrong);
-#   3. one training from scratch (30 min), 10 epochs, on both (the closed-loop windows twice
-#      over, so they stay a quarter of what the model sees), each epoch's windows drawn by
+#      faults injected, windows as the monitor takes them; 2 x 500 episodes on two seeds + 60
+#      held-out ones, about 14 min per 500 at 37 a minute on the idle machine), so the model
+#      knows what the runtime's own episodes look like (trained on expert episodes only, it
+#      read the executor's pauses as stalls and its missed grasps as nothing wrong);
+#   3. one training from scratch (31 min), 10 epochs, on both (1000 distinct closed-loop
+#      episodes once each, a quarter of what the model sees: the same 500 twice over did
+#      worse in the loop), each epoch's windows drawn by
 #      failure type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's
 #      tool pose of each frame as an input (--robot fr3, the default), and a (1 - cosine) term
 #      on the dA head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of
@@ -25,13 +26,16 @@ mkdir -p "$WORK"
 failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 1000 --workers 2 --seed 1
 failrecov collect --out "$WORK/closed_loop" --episodes 500 --seed 100
+failrecov collect --out "$WORK/closed_loop2" --episodes 500 --seed 200
 failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
-# Both datasets in one folder (the trainer reads every data/*.parquet there).
+# Both datasets in one folder (the trainer reads every data/*.parquet there), made afresh so
+# links left by an older recipe do not join the mix.
+rm -rf "$WORK/mixed"
 mkdir -p "$WORK/mixed/data"
 for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
-for copy in 1 2; do
-  for f in "$WORK"/closed_loop/data/*.parquet; do
-    ln -sf "$f" "$WORK/mixed/data/cl${copy}_$(basename "$f")"
+for run in closed_loop closed_loop2; do
+  for f in "$WORK/$run"/data/*.parquet; do
+    ln -sf "$f" "$WORK/mixed/data/${run}_$(basename "$f")"
   done
 done
 failrecov train --data "$WORK/mixed" --out "$WORK/model" --epochs 10 --balance 0.5 \
