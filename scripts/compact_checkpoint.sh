@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
 # held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two
-# hours on 2 cores (measured in parts, on the machine the checkpoint was made on):
+# and a half hours on 2 cores (measured in parts, on the machine the checkpoint was made on):
 #   1. expert data: the data engine's 20k samples (about 55 min at 365-375 a minute) and 1000
 #      held-out ones;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
-#      faults injected, windows as the monitor takes them; 2 x 500 episodes on two seeds + 60
+#      faults injected, windows as the monitor takes them; 4 x 500 episodes on four seeds + 60
 #      held-out ones, about 14 min per 500 at 37 a minute on the idle machine), so the model
 #      knows what the runtime's own episodes look like (trained on expert episodes only, it
 #      read the executor's pauses as stalls and its missed grasps as nothing wrong);
-#   3. one training from scratch (31 min), 10 epochs, on both (1000 distinct closed-loop
-#      episodes once each, a quarter of what the model sees: the same 500 twice over did
-#      worse in the loop), each epoch's windows drawn by
+#   3. one training from scratch (34 min), 10 epochs, on both (2000 distinct closed-loop
+#      episodes once each, 40% of what the model sees: each doubling of distinct episodes did
+#      better in the loop, and the same 500 twice over did worse), each epoch's windows drawn by
 #      failure type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's
 #      tool pose of each frame as an input (--robot fr3, the default), and a (1 - cosine) term
 #      on the dA head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of
@@ -27,13 +27,15 @@ failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 1000 --workers 2 --seed 1
 failrecov collect --out "$WORK/closed_loop" --episodes 500 --seed 100
 failrecov collect --out "$WORK/closed_loop2" --episodes 500 --seed 200
+failrecov collect --out "$WORK/closed_loop3" --episodes 500 --seed 300
+failrecov collect --out "$WORK/closed_loop4" --episodes 500 --seed 400
 failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
 # Both datasets in one folder (the trainer reads every data/*.parquet there), made afresh so
 # links left by an older recipe do not join the mix.
 rm -rf "$WORK/mixed"
 mkdir -p "$WORK/mixed/data"
 for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
-for run in closed_loop closed_loop2; do
+for run in closed_loop closed_loop2 closed_loop3 closed_loop4; do
   for f in "$WORK/$run"/data/*.parquet; do
     ln -sf "$f" "$WORK/mixed/data/${run}_$(basename "$f")"
   done
