@@ -25,17 +25,16 @@ WORK=${1:-$HOME/failrecov-compact}
 mkdir -p "$WORK"
 failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 1000 --workers 2 --seed 1
-failrecov collect --out "$WORK/closed_loop" --episodes 500 --seed 100
-failrecov collect --out "$WORK/closed_loop2" --episodes 500 --seed 200
-failrecov collect --out "$WORK/closed_loop3" --episodes 500 --seed 300
-failrecov collect --out "$WORK/closed_loop4" --episodes 500 --seed 400
 failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
 # Both datasets in one folder (the trainer reads every data/*.parquet there), made afresh so
-# links left by an older recipe do not join the mix.
+# links left by an older recipe do not join the mix. Each closed-loop seed is collected (or
+# resumed) and linked once.
 rm -rf "$WORK/mixed"
 mkdir -p "$WORK/mixed/data"
 for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
-for run in closed_loop closed_loop2 closed_loop3 closed_loop4; do
+for seed in 100 200 300 400; do
+  run="closed_loop_seed$seed"
+  failrecov collect --out "$WORK/$run" --episodes 500 --seed "$seed"
   for f in "$WORK/$run"/data/*.parquet; do
     ln -sf "$f" "$WORK/mixed/data/${run}_$(basename "$f")"
   done
