@@ -22,17 +22,32 @@ def wait_until(predicate, timeout=20.0):
     return predicate()
 
 
-def wait_still(read, tolerance=1e-3, timeout=10.0):
-    """The value of ``read()`` once it stops changing (joint_states can lag an action result)."""
-    previous = read()
+def wait_still(read, stamp, tolerance=1e-3, span=0.25, timeout=10.0):
+    """The value of ``read()`` once it stops changing (joint_states can lag an action result).
+
+    Still means two joint_states at least ``span`` s apart by their stamps agree: ``stamp()``
+    is the newest message's stamp, so a publisher stalled on a busy machine (the same message
+    read twice) is not taken for a robot at rest.
+    """
+    since, reference = stamp(), read()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        time.sleep(0.25)
-        current = read()
-        if np.max(np.abs(np.asarray(current) - np.asarray(previous))) < tolerance:
+        time.sleep(0.05)
+        now, current = stamp(), read()
+        if now < since:  # the clock went back (a reset): start over from here
+            since, reference = now, current
+            continue
+        if now - since < span:
+            continue
+        if np.max(np.abs(np.asarray(current) - np.asarray(reference))) < tolerance:
             return current
-        previous = current
-    raise AssertionError(f"still moving after {timeout} s: {previous}")
+        since, reference = now, current
+    raise AssertionError(f"still moving after {timeout} s: {reference}")
+
+
+def stamp_seconds(msg) -> float:
+    """A message's header stamp in seconds."""
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
 def wait_future(future, timeout=30.0):
@@ -106,6 +121,11 @@ class SpunClient:
         with self.lock:
             self.joint_states.append(msg)
             del self.joint_states[:-200]
+
+    def stamp(self) -> float:
+        """The newest joint_states message's header stamp in seconds (see ``wait_still``)."""
+        with self.lock:
+            return stamp_seconds(self.joint_states[-1])
 
     def joints(self) -> dict[str, float]:
         """Name -> position of the newest joint_states message."""

@@ -115,7 +115,8 @@ def test_trajectory_goal_converges_and_succeeds(sim):
     assert feedback and list(feedback[-1].feedback.joint_names) == list(fr3.ARM_JOINTS)
     assert wait_until(lambda: np.max(np.abs(sim.arm_q() - target)) < 0.01, 5), sim.arm_q() - target
     back = sim.run(sim.arm, trajectory_goal([(1.5, HOME)]))
-    assert back.result.error_code == 0 and np.max(np.abs(wait_still(sim.arm_q) - HOME)) < 0.05
+    assert back.result.error_code == 0
+    assert np.max(np.abs(wait_still(sim.arm_q, sim.stamp) - HOME)) < 0.05
 
 
 def test_new_goal_preempts_the_active_one(sim):
@@ -129,7 +130,7 @@ def test_new_goal_preempts_the_active_one(sim):
     assert "preempted" in first_result.result.error_string
     second_result = sim.wait(second.get_result_async())
     assert second_result.status == GoalStatus.STATUS_SUCCEEDED
-    assert np.max(np.abs(wait_still(sim.arm_q) - other)) < 0.05
+    assert np.max(np.abs(wait_still(sim.arm_q, sim.stamp) - other)) < 0.05
     assert sim.run(sim.arm, trajectory_goal([(1.5, HOME)])).result.error_code == 0
 
 
@@ -139,7 +140,7 @@ def test_cancel_holds_position(sim):
     sim.wait(handle.cancel_goal_async())
     result = sim.wait(handle.get_result_async())
     assert result.status == GoalStatus.STATUS_CANCELED
-    held = wait_still(sim.arm_q)
+    held = wait_still(sim.arm_q, sim.stamp)
     assert 0.02 < held[0] - HOME[0] < 0.5  # stopped part-way, not at the goal (+0.6)
     time.sleep(0.5)
     assert np.max(np.abs(sim.arm_q() - held)) < 0.005
@@ -165,7 +166,8 @@ BAD_GOALS = {
 @pytest.mark.parametrize("case", BAD_GOALS, ids=list(BAD_GOALS))
 def test_bad_trajectory_goals_get_their_code_and_never_move(sim, case):
     goal, code, mentions = BAD_GOALS[case]
-    before = wait_still(sim.arm_q)  # at rest (and joint_states caught up) before the goal
+    # at rest (and joint_states caught up) before the goal
+    before = wait_still(sim.arm_q, sim.stamp)
     response = sim.run(sim.arm, goal)
     assert response.status == GoalStatus.STATUS_ABORTED
     assert response.result.error_code == code
@@ -181,7 +183,7 @@ def test_gripper_move_grasp_homing_and_bad_width(sim):
     moved = sim.run(sim.move, Move.Goal(width=0.03, speed=0.1))
     assert moved.status == GoalStatus.STATUS_SUCCEEDED and moved.result.success
     # joint_states may still be in flight when the result arrives: wait for them to catch up.
-    before = wait_still(width)
+    before = wait_still(width, sim.stamp)
     assert before == pytest.approx(0.03, abs=0.004)
     bad = sim.run(sim.move, Move.Goal(width=0.2, speed=0.1))
     assert bad.status == GoalStatus.STATUS_ABORTED and not bad.result.success

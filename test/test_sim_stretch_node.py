@@ -137,7 +137,7 @@ def test_stop_the_robot_aborts_the_active_goal(sim):
     result = sim.wait(handle.get_result_async())
     assert result.status == GoalStatus.STATUS_ABORTED
     assert "stop_the_robot" in result.result.error_string
-    held = wait_still(lambda: sim.joints()["joint_lift"])
+    held = wait_still(lambda: sim.joints()["joint_lift"], sim.stamp)
     assert start + 0.01 < held < 0.98  # stopped part-way
     time.sleep(0.5)
     assert sim.joints()["joint_lift"] == pytest.approx(held, abs=0.005)
@@ -145,7 +145,7 @@ def test_stop_the_robot_aborts_the_active_goal(sim):
 
 def test_runstop_refuses_goals_until_released(sim):
     assert sim.runstop(True).success
-    before = wait_still(lambda: sim.joints()["joint_lift"])
+    before = wait_still(lambda: sim.joints()["joint_lift"], sim.stamp)
     response = sim.run(["joint_lift"], [0.6])
     assert response.status == GoalStatus.STATUS_ABORTED
     assert "runstop" in response.result.error_string
@@ -164,7 +164,8 @@ def test_modes_and_stow(sim):
     assert sim.trigger(stretch.MODE_SERVICES[stretch.POSITION_MODE]).success
     stowed = sim.trigger(stretch.STOW_SERVICE)
     assert stowed.success, stowed.message
-    lift = wait_still(lambda: sim.joints()["joint_lift"])  # joint_states can lag the reply
+    # joint_states can lag the reply
+    lift = wait_still(lambda: sim.joints()["joint_lift"], sim.stamp)
     assert lift == pytest.approx(stretch.STOW["joint_lift"], abs=0.02)
 
 

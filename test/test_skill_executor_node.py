@@ -31,7 +31,15 @@ from rcl_interfaces.srv import ListParameters
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import JointState
-from sim_process import ask, running, running_sim, wait_future, wait_still, wait_until
+from sim_process import (
+    ask,
+    running,
+    running_sim,
+    stamp_seconds,
+    wait_future,
+    wait_still,
+    wait_until,
+)
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -109,6 +117,10 @@ class Client:
     def _on_pose(self, name, msg):
         with self.lock:
             self.poses[name] = msg
+
+    def stamp(self):
+        with self.lock:
+            return stamp_seconds(self.joint_state)
 
     def joints(self, names):
         with self.lock:
@@ -272,7 +284,7 @@ def fr3_client(context):
 @pytest.fixture
 def sim(fr3_client):
     fr3_client.reset()
-    wait_still(lambda: fr3_client.joints(fr3.ARM_JOINTS), timeout=30)
+    wait_still(lambda: fr3_client.joints(fr3.ARM_JOINTS), fr3_client.stamp, timeout=30)
     return fr3_client
 
 
@@ -373,7 +385,8 @@ def test_an_unsafe_correction_is_rejected_and_nothing_moves(sim):
     goal, _, start = _misplaced_pick(sim, kin)
     handle = sim.send(goal)
     sim.wait_status(lambda s: "holding up to" in s.message)
-    still = wait_still(lambda: sim.joints((*fr3.ARM_JOINTS, *fr3.FINGER_JOINTS)), timeout=30)
+    still = wait_still(lambda: sim.joints((*fr3.ARM_JOINTS, *fr3.FINGER_JOINTS)), sim.stamp,
+                       timeout=30)
     # 10 cm straight down from the grasp height: into the table.
     sim.publish_diagnosis(sim.now(), correction=Correction(
         CorrectionKind.EE_DELTA, (0.0, 0.0, -0.10, 0.0, 0.0, 0.0, 0.0)))
@@ -411,7 +424,7 @@ def test_cancel_mid_skill_stops_the_arm(sim):
     outcome = wait_future(handle.get_result_async(), 60)
     assert outcome.status == GoalStatus.STATUS_CANCELED
     assert outcome.result.error_code == ExecuteTask.Result.CANCELED
-    stopped = wait_still(lambda: sim.joints(fr3.ARM_JOINTS), timeout=30)
+    stopped = wait_still(lambda: sim.joints(fr3.ARM_JOINTS), sim.stamp, timeout=30)
     time.sleep(1.0)
     assert np.max(np.abs(sim.joints(fr3.ARM_JOINTS) - stopped)) < 2e-3
     cube, _ = sim.pose("target_cube")
@@ -433,7 +446,7 @@ def test_external_policy_deltas_move_the_tool(sim):
         time.sleep(0.5)
     result = wait_future(handle.get_result_async(), TIMEOUT)
     assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
-    wait_still(lambda: sim.joints(fr3.ARM_JOINTS), timeout=30)
+    wait_still(lambda: sim.joints(fr3.ARM_JOINTS), sim.stamp, timeout=30)
     moved = _tcp(sim, kin)[:3, 3] - start
     assert moved == pytest.approx([0.03, 0.0, 0.03], abs=5e-3)
     assert "policy command rejected by the safety gate" in sim.messages()
