@@ -24,6 +24,10 @@ CHAT_TEMPLATE = (
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
+# One thread: a model this small gains nothing from more, and OpenMP workers spinning for cores
+# that another job holds made ``teach`` take over 300 s instead of 10 on a busy 2-core machine.
+torch.set_num_threads(1)
+
 
 def build(folder: Path, corpus: list[str]) -> Path:
     """Save a tiny Idefics3 model + processor whose tokenizer was trained on ``corpus``."""
