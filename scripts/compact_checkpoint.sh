@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
 # held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two
-# and a half hours on 2 cores (measured in parts, on the machine the checkpoint was made on):
+# hours and a quarter on 2 cores (measured in parts, on the machine the checkpoint was made on):
 #   1. expert data: the data engine's 20k samples (about 55 min at 365-375 a minute) and 1000
 #      held-out ones;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
-#      faults injected, windows as the monitor takes them; 4 x 500 episodes on four seeds + 60
-#      held-out ones, about 14 min per 500 at 37 a minute on the idle machine), so the model
-#      knows what the runtime's own episodes look like (trained on expert episodes only, it
-#      read the executor's pauses as stalls and its missed grasps as nothing wrong);
+#      faults injected, windows as the monitor takes them; 4 x 500 episodes on four seeds, two
+#      runs side by side, 58 episodes a minute together against 37 for one alone, about 35 min;
+#      + 60 held-out ones), so the model knows what the runtime's own episodes look like
+#      (trained on expert episodes only, it read the executor's pauses as stalls and its missed
+#      grasps as nothing wrong);
 #   3. one training from scratch (34 min), 10 epochs, on both (2000 distinct closed-loop
 #      episodes once each, 40% of what the model sees: each doubling of distinct episodes did
 #      better in the loop, and the same 500 twice over did worse), each epoch's windows drawn by
@@ -26,15 +27,26 @@ mkdir -p "$WORK"
 failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 1000 --workers 2 --seed 1
 failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
+SEEDS=(100 200 300 400)
+# Two collect runs at a time (a run resumes where it stopped); each wait fails the script when
+# its run failed.
+for ((i = 0; i < ${#SEEDS[@]}; i += 2)); do
+  pids=()
+  for seed in "${SEEDS[@]:i:2}"; do
+    failrecov collect --out "$WORK/closed_loop_seed$seed" --episodes 500 --seed "$seed" &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+done
 # Both datasets in one folder (the trainer reads every data/*.parquet there), made afresh so
-# links left by an older recipe do not join the mix. Each closed-loop seed is collected (or
-# resumed) and linked once.
+# links left by an older recipe do not join the mix.
 rm -rf "$WORK/mixed"
 mkdir -p "$WORK/mixed/data"
-for f in "$WORK"/train/data/*.parquet; do ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"; done
-for seed in 100 200 300 400; do
+for f in "$WORK"/train/data/*.parquet; do
+  ln -sf "$f" "$WORK/mixed/data/expert_$(basename "$f")"
+done
+for seed in "${SEEDS[@]}"; do
   run="closed_loop_seed$seed"
-  failrecov collect --out "$WORK/$run" --episodes 500 --seed "$seed"
   for f in "$WORK/$run"/data/*.parquet; do
     ln -sf "$f" "$WORK/mixed/data/${run}_$(basename "$f")"
   done
