@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the shipped compact checkpoint (checkpoints/compact) from scratch, with the
-# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About two
-# hours and a quarter on 2 cores (measured in parts, on the machine the checkpoint was made on):
-#   1. expert data: the data engine's 20k samples (about 55 min at 365-375 a minute) and 1000
+# held-out evaluations the README reports. Expects scripts/env.sh to be sourced. About three
+# hours and a half on 2 cores (measured in parts, on the machine the checkpoint was made on):
+#   1. expert data: the data engine's 40k samples (about 110 min at 365-375 a minute) and 1000
 #      held-out ones;
 #   2. closed-loop data (`failrecov collect`: the skill executor in lockstep with the simulator,
 #      faults injected, windows as the monitor takes them; 4 x 500 episodes on four seeds, two
@@ -10,13 +10,15 @@
 #      + 60 held-out ones), so the model knows what the runtime's own episodes look like
 #      (trained on expert episodes only, it read the executor's pauses as stalls and its missed
 #      grasps as nothing wrong);
-#   3. one training from scratch (34 min), 10 epochs, on both (2000 distinct closed-loop
-#      episodes once each, 40% of what the model sees: each doubling of distinct episodes did
-#      better in the loop, and the same 500 twice over did worse), each epoch's windows drawn by
-#      failure type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's
-#      tool pose of each frame as an input (--robot fr3, the default), and a (1 - cosine) term
-#      on the dA head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of
-#      an uncertain delta drift, and the FailSafe metric scores the direction).
+#   3. one training from scratch, 10 epochs (7 min to decode the windows, then about 4.8 min an
+#      epoch on the idle machine), on both: 2000 distinct closed-loop episodes once each, a
+#      quarter of what the model sees (each doubling of distinct episodes did better in the
+#      loop, the same 500 twice over did worse; the 40k expert samples instead of 20k won back
+#      the dA cosine a 40% closed-loop share had cost), each epoch's windows drawn by failure
+#      type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's tool pose
+#      of each frame as an input (--robot fr3, the default), and a (1 - cosine) term on the dA
+#      head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of an
+#      uncertain delta drift, and the FailSafe metric scores the direction).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
@@ -24,7 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${1:-$HOME/failrecov-compact}
 mkdir -p "$WORK"
-failrecov datagen --out "$WORK/train" --samples 20000 --workers 2 --seed 0
+failrecov datagen --out "$WORK/train" --samples 40000 --workers 2 --seed 0
 failrecov datagen --out "$WORK/heldout" --samples 1000 --workers 2 --seed 1
 failrecov collect --out "$WORK/closed_loop_heldout" --episodes 60 --seed 999
 SEEDS=(100 200 300 400)
