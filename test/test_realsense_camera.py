@@ -771,7 +771,9 @@ def test_a_recording_played_at_its_rate_loses_nothing_to_a_stalled_reader(record
     assert len(motion) == spec.frames * per_frame
     due = np.array([f.timestamp_ms - frames[0].timestamp_ms for f in frames]) / 1000
     late = np.array(released) - released[0] - due
-    assert late.min() > -0.005, "a frame was released before its recorded time"
+    # Measured from the first frame as the reader saw it, which a busy machine delays by a few ms
+    # (5.1 ms with both cores held): a frame released early by half a period still fails.
+    assert late.min() > -0.5 / spec.fps, ("a frame was released before its recorded time", late)
     # The frames behind the stall were caught up: the schedule did not shift by the stall.
     assert late[-1] < 0.25, late
 
