@@ -229,7 +229,7 @@ def cmd_datagen(args: argparse.Namespace) -> int:
         command = "failrecov " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         result = generate(config, args.out, args.samples, args.workers, command=command,
                           progress=not args.quiet)
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:
         print(f"datagen: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

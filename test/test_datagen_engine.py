@@ -18,7 +18,7 @@ from failrecov_ros.core import geometry
 from failrecov_ros.core.limits import JointLimit, JointLimits
 from failrecov_ros.core.safety import MotionThresholds, calibrate_thresholds, check_joint_path
 from failrecov_ros.core.schema import validate
-from failrecov_ros.datagen import actions, dataset
+from failrecov_ros.datagen import actions, dataset, runner
 from failrecov_ros.datagen.bags import read_demonstration, write_episode_bag
 from failrecov_ros.datagen.config import DatagenConfig, from_dict, load
 from failrecov_ros.datagen.engine import (
@@ -262,6 +262,19 @@ def test_a_crashing_attempt_is_a_rejected_row(engine, monkeypatch):
     rows = engine.attempt(3)
     assert len(rows) == 1 and not rows[0]["accepted"]
     assert rows[0]["error"] == "RuntimeError: planted crash"
+
+
+def test_a_run_in_which_every_attempt_crashes_stops_with_the_error(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("planted crash")
+
+    monkeypatch.setattr(Engine, "_episode", boom)
+    with pytest.raises(RuntimeError, match=r"all 32 attempts of this run crashed .*planted"):
+        generate(from_dict(SMALL), tmp_path / "run", 5, progress=False)
+    _, attempts = _tables(tmp_path / "run")
+    rows = [row for chunk in attempts for row in chunk]
+    assert len(rows) == runner.MAX_CRASHED_ATTEMPTS  # stopped at the limit, every row kept
+    assert all(row["error"] == "RuntimeError: planted crash" for row in rows)
 
 
 # --- branching: a faulted run / perturbed rollout continues from the clean one's checkpoint ---

@@ -481,6 +481,11 @@ class Engine:
         fixed = self.world_model.rollout(task, fixed_stream, keep_states=False, **branch)
         kinematic = self._kinematics(perturbed.arm_q)
         fixed_kinematic = self._kinematics(fixed.arm_q)
+        # The clip runs on past the grasp; the executor's stage at its last frame is the clean
+        # plan's there (a model's stage input), whatever stage the label names the fault by.
+        end = min(clip[-1], len(stream) - 1)
+        scores["window_stage"] = (context.clean.stage_at(end) if context.clean is not None
+                                  else recorded.recorded_stage(stream.closure, end))
         scores.update({"fix_success": fixed.success, "keyframe_step": k,
                        "ik_failures": perturbed.ik_failures, **kinematic.scores(),
                        "fix_kinematic_ok": fixed_kinematic.ok})
@@ -517,6 +522,7 @@ class Engine:
     def _finish(self, spec, context, run, window: list[int], diagnosis: Diagnosis,
                 scores: dict[str, Any], reasons: list[str], pair: int) -> dict[str, Any]:
         validate(diagnosis.to_dict(), record=True)  # a label that breaks the schema is a bug
+        scores.setdefault("window_stage", diagnosis.stage)  # the plan's at the last frame
         row = self._base_row(spec, context.task.instruction, pair)
         row.update(failure_type=diagnosis.failure_type.value, stage=diagnosis.stage,
                    failed=diagnosis.failed, label_json=diagnosis.to_json(),
@@ -702,6 +708,8 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
             out[key] = bool(value)
         elif isinstance(value, (int, np.integer)):
             out[key] = int(value)
+        elif isinstance(value, str):
+            out[key] = value
         else:
             number = float(value)
             out[key] = number if math.isfinite(number) else None

@@ -19,6 +19,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from failrecov_ros.datagen.engine import Engine, calibrate
 _LOG = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.json"
 MAX_WORKER_CRASHES = 3
+#: A run stops when this many attempts have all crashed: a crash in every attempt is a bug in
+#: the engine or its config, and without the stop the run would retry it forever.
+MAX_CRASHED_ATTEMPTS = 32
 _WORKER: dict[str, Any] = {}
 
 
@@ -77,8 +81,10 @@ def run_chunk(chunk: int) -> dict[str, Any]:
     rows = [row for attempt in attempts for row in done[attempt]]
     rows.sort(key=lambda r: (r["attempt"], r["sample_id"]))
     store.commit(chunk, rows, attempts)
+    crashed = [r["error"] for r in rows if r["error"]]
     return {"chunk": chunk, "accepted": sum(r["accepted"] for r in rows), "rows": len(rows),
-            "by_type": dict(Counter(r["failure_type"] for r in rows if r["accepted"]))}
+            "by_type": dict(Counter(r["failure_type"] for r in rows if r["accepted"])),
+            "crashed": len(crashed), "error": crashed[0] if crashed else ""}
 
 
 def _chunk_counts(store: dataset.ChunkStore, chunk_size: int) -> dict[int, int]:
@@ -106,7 +112,7 @@ def _generate(config: DatagenConfig, out_dir: Path, samples: int, workers: int, 
     store = dataset.open_or_create(out_dir, config.to_dict(), config.seed, config.image_format)
     thresholds = thresholds_for(config, out_dir)
     counts = _chunk_counts(store, config.chunk_size)
-    started, state = time.monotonic(), {"accepted": 0, "rows": 0}
+    started, state = time.monotonic(), {"accepted": 0, "rows": 0, "crashed": 0}
     bar = _progress(samples, progress)
 
     def prefix() -> tuple[int, int | None]:
@@ -122,6 +128,12 @@ def _generate(config: DatagenConfig, out_dir: Path, samples: int, workers: int, 
         counts[result["chunk"]] = result["accepted"]
         state["accepted"] += result["accepted"]
         state["rows"] += result["rows"]
+        state["crashed"] += result["crashed"]
+        if state["crashed"] == state["rows"] >= MAX_CRASHED_ATTEMPTS:
+            raise RuntimeError(f"all {state['rows']} attempts of this run crashed (one with "
+                               f"{result['error']!r}; {out_dir}/attempts has every error): fix "
+                               "the cause and start a new folder, since a resumed run would "
+                               "keep these attempts as crashed")
         if bar is not None:
             bar.update(result["accepted"])
             bar.set_postfix(retention=f"{state['accepted'] / max(1, state['rows']):.0%}")
@@ -142,7 +154,7 @@ def _generate(config: DatagenConfig, out_dir: Path, samples: int, workers: int, 
                     _run_serial(args, chunks, record, finished)
                 else:
                     _run_parallel(args, chunks, workers, record, finished)
-            except futures.process.BrokenProcessPool as error:
+            except BrokenProcessPool as error:
                 crashes += 1
                 _LOG.warning(f"a worker died ({error}); restarting "
                              f"({crashes}/{MAX_WORKER_CRASHES}), finished attempts are kept")
