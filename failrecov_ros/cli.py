@@ -281,7 +281,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                learning_rate=args.learning_rate, init=args.init or "",
                                balance=args.balance,
                                delta_cosine_weight=args.delta_cosine_weight,
-                               robot="" if args.robot == "none" else args.robot)
+                               robot="" if args.robot == "none" else args.robot,
+                               stage_input=args.stage_input,
+                               stage_dropout=args.stage_dropout)
         exclude = parse_filter(args.exclude)
         started = time.monotonic()
         samples = load_samples(args.data, settings.image_size, exclude=exclude or None)
@@ -555,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta-cosine-weight", type=float, default=0.0, metavar="W",
                    help="add W * (1 - cosine) of the predicted and true dA to the loss, on the "
                    "unscaled deltas as the FailSafe metric takes them (0: off)")
+    p.add_argument("--stage-input", action="store_true",
+                   help="give the network the stage the skill executor reports (from scratch)")
+    p.add_argument("--stage-dropout", type=float, default=0.15, metavar="P",
+                   help="with --stage-input: hide the stage from this fraction of training "
+                   "windows, so the model also works without an executor")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate models")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)

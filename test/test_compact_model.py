@@ -37,6 +37,7 @@ from failrecov_ros.training.compact import (
     predict,
     score,
     train,
+    window_stage,
 )
 
 CONFIG = CompactConfig(window_frames=4, image_size=32, n_joints=7,
@@ -407,3 +408,113 @@ def test_fine_tuning_an_older_checkpoint_adds_the_pose_input_as_an_identity(tmp_
         train(samples, TrainConfig(epochs=0, init=str(tmp_path / "grown"), robot="stretch"),
               tmp_path / "other")
 
+
+
+def _stage_toy(n=48, seed=0):
+    """Windows alike in every pixel statistic; a failure is told apart by the stage alone."""
+    toy = _toy_samples(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    toy.frames[:] = rng.integers(0, 200, toy.frames.shape).astype(np.uint8)
+    toy.stages = ["lift" if label.failed else "approach" for label in toy.labels]
+    return toy
+
+
+def test_the_stage_input_tells_apart_windows_that_look_alike(tmp_path):
+    train(_stage_toy(), TrainConfig(epochs=15, batch_size=16, learning_rate=3e-3,
+                                    validation_fraction=0, max_shift_px=1, robot="",
+                                    stage_input=True, stage_dropout=0.0), tmp_path / "staged")
+    model = CompactModel.load(tmp_path / "staged")
+    assert model.config.stage_input and {"approach", "lift"} <= set(model.config.stages)
+    fresh = _stage_toy(n=16, seed=1)
+
+    def right(stages):
+        fresh.stages = stages
+        return sum(p.failed == t.failed for p, t in
+                   zip(predict(model.net, fresh), fresh.labels, strict=True))
+
+    truth = ["lift" if label.failed else "approach" for label in fresh.labels]
+    assert right(truth) >= 14
+    assert right(["approach" if s == "lift" else "lift" for s in truth]) <= 2  # swapped
+    # The runtime path: the window's stage (from the executor's status) reaches the network.
+    window = dataclasses.replace(_window(size=(32, 32)), joint_positions=None,
+                                 gripper_width=None)
+    assert diagnose(model, dataclasses.replace(window, stage="lift")).failed
+    assert not diagnose(model, dataclasses.replace(window, stage="approach")).failed
+
+
+def test_a_stage_input_network_maps_unknown_stages_to_one_entry_and_needs_the_input():
+    config = dataclasses.replace(CONFIG, stage_input=True)
+    frames = np.zeros((3, 4, 32, 32, 3), np.uint8)
+    state = np.zeros((3, 4, 8), np.float32)
+    batch = compact.prepare_batch(config, frames, state, ["pick"] * 3, ["pick_cube"] * 3,
+                                  stages=["lift", "", "juggle"])
+    assert batch["stage"].tolist() == [3, 0, 0]  # lift is the third stage; the others unknown
+    assert compact.prepare_batch(config, frames, state, ["pick"] * 3,
+                                 ["pick_cube"] * 3)["stage"].tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="2 stages for a batch of 3"):
+        compact.prepare_batch(config, frames, state, ["pick"] * 3, ["pick_cube"] * 3,
+                              stages=["lift", "lift"])
+    net = CompactNet(config).eval()
+    with pytest.raises(ValueError, match="executor's stage"):
+        net(**{k: v for k, v in batch.items() if k != "stage"})
+    assert "stage" not in compact.prepare_batch(CONFIG, frames, state, ["pick"] * 3,
+                                                ["pick_cube"] * 3, stages=["lift"] * 3)
+
+
+def test_the_stage_input_cannot_be_added_by_fine_tuning(tmp_path):
+    CompactModel(CompactNet(CONFIG)).save(tmp_path / "old")
+    with pytest.raises(ValueError, match="does not take the stage"):
+        train(_toy_samples(n=8), TrainConfig(epochs=0, init=str(tmp_path / "old"),
+                                             validation_fraction=0, stage_input=True),
+              tmp_path / "new")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="stage_dropout"):
+            TrainConfig(stage_dropout=bad)
+
+
+def _row(generator, steps, task="place_in_bowl", monitor_stage=None, window_stage=None):
+    tcp = np.zeros((len(steps) + 1, 7))
+    if steps:
+        tcp[1:, :3] = np.cumsum(steps, axis=0)
+    parameters = {} if monitor_stage is None else {"monitor_stage": monitor_stage}
+    scores = {"fix_success": True} if window_stage is None else {"window_stage": window_stage}
+    return {"generator": generator, "task": task, "tcp_pose": tcp.tolist(),
+            "parameters_json": json.dumps(parameters), "scores_json": json.dumps(scores)}
+
+
+def test_a_windows_stage_is_the_executors_or_read_from_a_clips_last_motion():
+    keyframe = Diagnosis(True, FailureType.WEAK_CLOSE, 1.0, "keyframe")
+    carrying = frozenset({"approach", "lift", "transport", "place"})
+    # Recorded by the closed loop: the monitor's stage, whatever the label says.
+    assert window_stage(_row("closed_loop", [[0, 0, 0]], monitor_stage="lift"),
+                        keyframe) == "lift"
+    # The data engine records it; a clip's motion is read only in rows from before that.
+    assert window_stage(_row("dream2fix", [[0, 0, 0], [0.03, 0, 0]], window_stage="place"),
+                        keyframe, carrying) == "place"
+    # An expert window's label stage is the plan's stage at its last frame.
+    stall = Diagnosis(True, FailureType.STALL, 1.0, "transport")
+    assert window_stage(_row("failsafe", [[0, 0, -0.05]]), stall, carrying) == "transport"
+    # A Dream2Fix clip ends 4 s after the grasp: its last step says where the plan is.
+    assert window_stage(_row("dream2fix", [[0.1, 0, 0], [0, 0.002, -0.04]]), keyframe,
+                        carrying) == "place"
+    assert window_stage(_row("dream2fix", [[0, 0, 0.05], [0.03, -0.02, 0.01]]), keyframe,
+                        carrying) == "transport"
+    assert window_stage(_row("dream2fix", [[0, 0, 0.05], [0, 0, 0.03]]), keyframe,
+                        carrying) == "lift"
+    assert window_stage(_row("dream2fix", [[0, 0, 0.05], [0.001, 0, 0.0]]), keyframe,
+                        carrying) == "lift"  # holding still
+    # pick_cube carries nothing anywhere: a sideways step there is still the lift.
+    assert window_stage(_row("dream2fix", [[0, 0, 0], [0.03, 0, 0]], task="pick_cube"),
+                        keyframe, frozenset({"approach", "lift"})) == "lift"
+    assert window_stage(_row("dream2fix", []), keyframe, carrying) == ""  # no motion to read
+
+
+def test_loaded_samples_carry_each_windows_stage(generated):
+    samples = load_samples(generated, image_size=32)
+    rows = list(zip(samples.labels, samples.stages, strict=True))
+    assert any(label.stage == "keyframe" for label, _ in rows)
+    for label, stage in rows:
+        # pick_cube's clips end lifting (the engine records it); a success window's stage is
+        # its plan's.
+        assert stage == ("lift" if label.stage == "keyframe" else label.stage)
+    assert samples.subset([1, 0]).stages == [samples.stages[1], samples.stages[0]]

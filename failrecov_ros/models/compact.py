@@ -8,7 +8,11 @@ heads for the failure type, the stage, the FailSafe 7-DoF delta and the Dream2Fi
 task as an embedding. A checkpoint that names its robot also gets the tool pose of each frame
 (forward kinematics of the joints): a translation failure is the tool a few centimetres from
 where it belongs, which joint angles state only through a nonlinear map and a 96-pixel frame
-only to a pixel or two. Checkpoints are ``model.safetensors`` + ``config.json`` in a folder.
+only to a pixel or two. A checkpoint with ``stage_input`` is also told the stage the skill
+executor reports (unknown stages, or none, map to one "unknown" entry): a stalled arm shows
+nothing of where it was heading, and whether it was descending to place or carrying the object
+across is the executor's to say, not a 96-pixel frame's. Checkpoints are
+``model.safetensors`` + ``config.json`` in a folder.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ class CompactConfig:
     robot: str = ""
     pose_mean: tuple[float, ...] = ()
     pose_std: tuple[float, ...] = ()
+    #: Whether the network takes the executor's current stage (one of ``stages``) as an input;
+    #: False for checkpoints from before it.
+    stage_input: bool = False
     trained_on: str = ""
 
     def __post_init__(self) -> None:
@@ -155,7 +162,11 @@ class CompactNet(nn.Module):
             nn.Conv1d(h, h, 3, padding=1), nn.ReLU(inplace=True))
         self.words = nn.EmbeddingBag(config.word_buckets, 32, mode="mean")
         self.task = nn.Embedding(len(config.tasks) + 1, 16)
-        self.trunk = nn.Sequential(nn.Linear(3 * h + 32 + 16, 256), nn.ReLU(inplace=True),
+        # Index 0 is "unknown": no executor, or a stage the vocabulary lacks.
+        self.stage_input = (nn.Embedding(len(config.stages) + 1, 16) if config.stage_input
+                            else None)
+        n_context = 32 + 16 + (16 if self.stage_input is not None else 0)
+        self.trunk = nn.Sequential(nn.Linear(3 * h + n_context, 256), nn.ReLU(inplace=True),
                                    nn.Dropout(0.1), nn.Linear(256, 256), nn.ReLU(inplace=True))
         n_kf = config.window_frames + 1
         self.heads = nn.ModuleDict({
@@ -168,11 +179,13 @@ class CompactNet(nn.Module):
 
     def forward(self, frames: torch.Tensor, state: torch.Tensor, words: torch.Tensor,
                 word_offsets: torch.Tensor, task: torch.Tensor,
-                pose: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                pose: torch.Tensor | None = None,
+                stage: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Head logits and regressions for a batch.
 
         Frames (B, T, 3, S, S) in [0, 1]; state (B, T, n_joints + 1) and pose (B, T, 9)
-        normalised (pose only for a network with a robot).
+        normalised (pose only for a network with a robot); stage (B,) indices, 0 for unknown
+        (only for a network with ``stage_input``).
         """
         b, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
@@ -189,7 +202,12 @@ class CompactNet(nn.Module):
         sequence = self.temporal(torch.cat([per_frame, motion], dim=2).transpose(1, 2))
         pooled = torch.cat([sequence.mean(dim=2), sequence.amax(dim=2), sequence[:, :, -1]],
                            dim=1)
-        context = torch.cat([pooled, self.words(words, word_offsets), self.task(task)], dim=1)
+        context = [pooled, self.words(words, word_offsets), self.task(task)]
+        if self.stage_input is not None:
+            if stage is None:
+                raise ValueError("this network takes the executor's stage")
+            context.append(self.stage_input(stage))
+        context = torch.cat(context, dim=1)
         features = self.trunk(context)
         return {name: head(features) for name, head in self.heads.items()}
 
@@ -289,10 +307,13 @@ def pad_window(array: np.ndarray, frames: int) -> np.ndarray:
 
 def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
                   instructions: list[str], tasks: list[str],
-                  pose: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+                  pose: np.ndarray | None = None,
+                  stages: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Tensors for :meth:`CompactNet.forward`.
 
     From uint8 frames (B, T, S, S, 3), already resized, and raw state (B, T, n_joints + 1).
+    ``stages`` are the executor's stages (``None`` or "" where unknown), used by a network
+    with ``stage_input``.
     ``pose`` is :func:`pose_features` of that state when the caller has it already (training
     computes it once, not every epoch); otherwise it is computed here for a network with a
     robot.
@@ -312,6 +333,11 @@ def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
         "word_offsets": torch.tensor(offsets, dtype=torch.long),
         "task": torch.tensor(task_ids, dtype=torch.long),
     }
+    if config.stage_input:
+        stages = stages if stages is not None else [""] * len(tasks)
+        if len(stages) != len(tasks):
+            raise ValueError(f"{len(stages)} stages for a batch of {len(tasks)}")
+        batch["stage"] = torch.tensor([stage_index(config, s) for s in stages], dtype=torch.long)
     if config.robot:
         if pose is None:
             pose = pose_features(config.robot, state[..., :config.n_joints])
@@ -319,6 +345,11 @@ def prepare_batch(config: CompactConfig, frames: np.ndarray, state: np.ndarray,
         pose_std = np.asarray(config.pose_std or [1.0] * POSE_FEATURES, dtype=np.float32)
         batch["pose"] = torch.from_numpy(np.nan_to_num((pose - pose_mean) / pose_std, nan=0.0))
     return batch
+
+
+def stage_index(config: CompactConfig, stage: str | None) -> int:
+    """The stage input's index: 1 + its place in ``config.stages``, 0 when unknown."""
+    return config.stages.index(stage) + 1 if stage in config.stages else 0
 
 
 def decode_outputs(config: CompactConfig, outputs: dict[str, torch.Tensor],
@@ -432,7 +463,7 @@ class CompactModel:
                              c.n_joints)
         batch = prepare_batch(c, pad_window(frames, c.window_frames)[None],
                               pad_window(state, c.window_frames)[None], [window.instruction],
-                              [window.task])
+                              [window.task], stages=[window.stage])
         with torch.inference_mode():
             outputs = self._inference(**batch)
         return decode_outputs(c, outputs)

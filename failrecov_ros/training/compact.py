@@ -40,8 +40,9 @@ from failrecov_ros.models.compact import (
 )
 
 _LOG = logging.getLogger(__name__)
-_COLUMNS = ("sample_id", "task", "instruction", "episode_seed", "label_json", "frames",
-            "joint_positions", "gripper_width", "variation_json")
+_COLUMNS = ("sample_id", "generator", "task", "instruction", "episode_seed", "label_json",
+            "frames", "joint_positions", "gripper_width", "tcp_pose", "parameters_json",
+            "scores_json", "variation_json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +73,17 @@ class TrainConfig:
     #: FailSafe metric takes them; the smooth L1 term alone fits the magnitude and lets the
     #: direction of an uncertain delta drift (0: off).
     delta_cosine_weight: float = 0.0
+    #: Give the network the executor's stage (:func:`window_stage`) as an input (from scratch
+    #: only), hidden from it in this fraction of training windows so that it still works where
+    #: no executor reports one (a camera-only monitor, a bag without skill status).
+    stage_input: bool = False
+    stage_dropout: float = 0.15
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.delta_cosine_weight) and self.delta_cosine_weight >= 0):
             raise ValueError(f"delta_cosine_weight must be >= 0, got {self.delta_cosine_weight}")
+        if not 0.0 <= self.stage_dropout < 1.0:
+            raise ValueError(f"stage_dropout must be in [0, 1), got {self.stage_dropout}")
 
 
 @dataclasses.dataclass
@@ -89,6 +97,14 @@ class Samples:
     labels: list[Diagnosis]
     episode_seeds: np.ndarray
     variations: list[dict]
+    #: The executor's stage at each window's last frame (:func:`window_stage`; "" unknown).
+    stages: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            self.stages = [""] * len(self.labels)
+        if len(self.stages) != len(self.labels):
+            raise ValueError(f"{len(self.stages)} stages for {len(self.labels)} samples")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,7 +115,7 @@ class Samples:
         return Samples(self.frames[index], self.state[index],
                        [self.instructions[i] for i in index], [self.tasks[i] for i in index],
                        [self.labels[i] for i in index], self.episode_seeds[index],
-                       [self.variations[i] for i in index])
+                       [self.variations[i] for i in index], [self.stages[i] for i in index])
 
 
 def parse_filter(items: Sequence[str]) -> dict[str, str]:
@@ -116,6 +132,43 @@ def parse_filter(items: Sequence[str]) -> dict[str, str]:
 def matches_variation(variation: dict, wanted: dict[str, str]) -> bool:
     """True when every ``factor=value`` in ``wanted`` holds for ``variation``."""
     return all(str(variation.get(k)) == v for k, v in wanted.items())
+
+
+#: A Dream2Fix clip's last step of tool travel (m) that names the stage the executor is in.
+_CLIP_MOTION_M = 0.01
+
+
+def window_stage(row: dict[str, Any], label: Diagnosis,
+                 task_stages: frozenset[str] | None = None) -> str:
+    """The stage the executor reports at a window's last frame: the stage input's value.
+
+    A closed-loop row recorded it (``monitor_stage``), and so does a data-engine row
+    (``window_stage`` among its scores). In rows from before that, an expert row's label stage
+    is the plan's stage at that frame, except in a Dream2Fix clip, whose label names where the
+    fault lies ("keyframe", or "pre_grasp" for a misplaced grasp) while the clip runs on 4 s
+    past the grasp. There it is read from the tool's last step (``tcp_pose``): mostly down is
+    ``place``, mostly sideways ``transport``, anything else ``lift`` (rising or holding); a
+    stage the task's plan lacks (``task_stages``: pick_cube carries nothing anywhere) is
+    ``lift``.
+    """
+    recorded = json.loads(row.get("parameters_json") or "{}").get("monitor_stage")
+    if recorded is None:
+        recorded = json.loads(row.get("scores_json") or "{}").get("window_stage")
+    if recorded is not None:
+        return recorded
+    if row.get("generator") != "dream2fix":
+        return label.stage
+    tcp = np.asarray(row.get("tcp_pose") or [], dtype=float)
+    if len(tcp) < 2:
+        return ""
+    step = tcp[-1, :3] - tcp[-2, :3]
+    sideways = float(np.hypot(step[0], step[1]))
+    stage = "lift"
+    if -step[2] > _CLIP_MOTION_M and -step[2] > sideways:
+        stage = "place"
+    elif sideways > _CLIP_MOTION_M and sideways > abs(step[2]):
+        stage = "transport"
+    return stage if task_stages is None or stage in task_stages else "lift"
 
 
 def load_samples(data_dir: str | Path, image_size: int, window_frames: int = 10,
@@ -164,12 +217,18 @@ def load_samples(data_dir: str | Path, image_size: int, window_frames: int = 10,
     state = np.stack([compact.pad_window(state_matrix(
         np.asarray(r["joint_positions"]), np.asarray(r["gripper_width"]),
         count, n_joints), window_frames) for r, count in zip(rows, counts, strict=True)])
+    labels = [validate(json.loads(r["label_json"])) for r in rows]
+    plan_stages: dict[str, set[str]] = {}
+    for row, label in zip(rows, labels, strict=True):
+        if row.get("generator") != "dream2fix":
+            plan_stages.setdefault(row["task"], set()).add(label.stage)
     return Samples(frames=frames, state=state.astype(np.float32),
                    instructions=[r["instruction"] for r in rows],
-                   tasks=[r["task"] for r in rows],
-                   labels=[validate(json.loads(r["label_json"])) for r in rows],
+                   tasks=[r["task"] for r in rows], labels=labels,
                    episode_seeds=np.array([r["episode_seed"] for r in rows]),
-                   variations=[r["variation"] for r in rows])
+                   variations=[r["variation"] for r in rows],
+                   stages=[window_stage(r, label, frozenset(plan_stages.get(r["task"], ())))
+                           for r, label in zip(rows, labels, strict=True)])
 
 
 def _targets(config: CompactConfig, labels: Sequence[Diagnosis]) -> dict[str, torch.Tensor]:
@@ -290,8 +349,14 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
         net = _initial(settings.init, samples, trained_on, settings.robot,
                        None if poses is None else poses[train_idx])
         config = net.config
+        if settings.stage_input and not config.stage_input:
+            raise ValueError(f"{settings.init} does not take the stage; the stage input is "
+                             "trained from scratch")
     else:
-        stages = tuple(sorted({label.stage for label in samples.labels if label.stage}))
+        stages = {label.stage for label in samples.labels if label.stage}
+        if settings.stage_input:
+            stages |= {stage for stage in samples.stages if stage}
+        stages = tuple(sorted(stages))
         flat_state = samples.state[train_idx].reshape(-1, samples.state.shape[-1])
         config = CompactConfig(
             window_frames=samples.frames.shape[1], image_size=samples.frames.shape[2],
@@ -299,7 +364,7 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
             tasks=tuple(sorted(set(samples.tasks))),
             state_mean=tuple(float(v) for v in flat_state.mean(0)),
             state_std=tuple(float(max(v, 1e-3)) for v in flat_state.std(0)),
-            trained_on=trained_on)
+            stage_input=settings.stage_input, trained_on=trained_on)
         if poses is not None:
             config = _with_pose(config, settings.robot, poses[train_idx])
         net = CompactNet(config)
@@ -319,10 +384,15 @@ def train(samples: Samples, settings: TrainConfig, out_dir: str | Path,
         for start in range(0, len(order), settings.batch_size):
             index = order[start:start + settings.batch_size]
             frames = _augment(samples.frames[index], rng, settings.max_shift_px)
+            stages = None
+            if config.stage_input:  # (drawn only then: other recipes keep their random stream)
+                hidden = rng.random(len(index)) < settings.stage_dropout
+                stages = ["" if h else samples.stages[i]
+                          for h, i in zip(hidden, index, strict=True)]
             batch = prepare_batch(config, frames, samples.state[index],
                                   [samples.instructions[i] for i in index],
                                   [samples.tasks[i] for i in index],
-                                  pose=None if poses is None else poses[index])
+                                  pose=None if poses is None else poses[index], stages=stages)
             loss = loss_fn(net(**batch), {k: v[index] for k, v in targets.items()},
                            settings.delta_cosine_weight)
             optimiser.zero_grad()
@@ -398,7 +468,7 @@ def predict(net: CompactNet, samples: Samples, batch_size: int = 64) -> list[Dia
             stop = min(start + batch_size, len(samples))
             batch = prepare_batch(net.config, samples.frames[start:stop],
                                   samples.state[start:stop], samples.instructions[start:stop],
-                                  samples.tasks[start:stop])
+                                  samples.tasks[start:stop], stages=samples.stages[start:stop])
             outputs = net(**batch)
             out += [validate(compact.decode_outputs(net.config, outputs, i))
                     for i in range(stop - start)]
