@@ -18,7 +18,9 @@
 #      type (--balance 0.5: stalls outnumber translations ten to one), with the FR3's tool pose
 #      of each frame as an input (--robot fr3, the default), and a (1 - cosine) term on the dA
 #      head (--delta-cosine-weight 1: the smooth L1 term alone lets the direction of an
-#      uncertain delta drift, and the FailSafe metric scores the direction).
+#      uncertain delta drift, and the FailSafe metric scores the direction), and the stage the
+#      executor reports as an input (--stage-input, hidden from 15% of the windows: a stalled
+#      arm shows nothing of where it was heading; with it, stalls in place 0.58-0.70 -> 0.88-1.0).
 #   bash scripts/compact_checkpoint.sh [WORK_DIR]   (default ~/failrecov-compact)
 # Held out: episode seeds never trained on (dataset seed 1, collect seed 999) and one variation
 # never trained on (target_color=purple is excluded from training and scored alone).
@@ -54,7 +56,7 @@ for seed in "${SEEDS[@]}"; do
   done
 done
 failrecov train --data "$WORK/mixed" --out "$WORK/model" --epochs 10 --balance 0.5 \
-  --robot fr3 --exclude target_color=purple --seed 0 --delta-cosine-weight 1
+  --robot fr3 --exclude target_color=purple --seed 0 --delta-cosine-weight 1 --stage-input
 failrecov eval dataset --model "$WORK/model" --data "$WORK/heldout" \
   --breakdown target_color=purple > "$WORK/model/heldout.json"
 failrecov eval dataset --model "$WORK/model" --data "$WORK/closed_loop_heldout" \
