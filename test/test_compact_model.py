@@ -409,7 +409,6 @@ def test_fine_tuning_an_older_checkpoint_adds_the_pose_input_as_an_identity(tmp_
               tmp_path / "other")
 
 
-
 def _stage_toy(n=48, seed=0):
     """Windows alike in every pixel statistic; a failure is told apart by the stage alone."""
     toy = _toy_samples(n, seed)

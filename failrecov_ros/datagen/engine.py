@@ -215,6 +215,12 @@ class _EpisodeContext:
     rendered_run: Episode | Rollout | None = None  # the run whose frames ``rendered`` holds
     rendered: dict[int, tuple[np.ndarray, bool, float]] = dataclasses.field(default_factory=dict)
 
+    def plan_stage(self, step: int) -> str:
+        """The clean demonstration's stage at ``step`` (a recorded one's from its keyframes)."""
+        if self.clean is not None:
+            return self.clean.stage_at(step)
+        return recorded.recorded_stage(self.stream.closure, step)
+
 
 class Engine:
     """Runs attempts; keeps one clean demonstration (and its simulation) per worker cached."""
@@ -483,9 +489,7 @@ class Engine:
         fixed_kinematic = self._kinematics(fixed.arm_q)
         # The clip runs on past the grasp; the executor's stage at its last frame is the clean
         # plan's there (a model's stage input), whatever stage the label names the fault by.
-        end = min(clip[-1], len(stream) - 1)
-        scores["window_stage"] = (context.clean.stage_at(end) if context.clean is not None
-                                  else recorded.recorded_stage(stream.closure, end))
+        scores["window_stage"] = context.plan_stage(min(clip[-1], len(stream) - 1))
         scores.update({"fix_success": fixed.success, "keyframe_step": k,
                        "ik_failures": perturbed.ik_failures, **kinematic.scores(),
                        "fix_kinematic_ok": fixed_kinematic.ok})
@@ -502,8 +506,7 @@ class Engine:
         clean = context.clean if context.clean is not None else context.stream_rollout
         n = self.config.window_frames
         end = int(rng.integers(n - 1, len(clean.times)))
-        stage = (context.clean.stage_at(end) if context.clean is not None
-                 else recorded.recorded_stage(context.stream.closure, end))
+        stage = context.plan_stage(end)
         kinematic = self._kinematics(clean.arm_q)
         scores = {"clean_success": True, "window_end_step": end, **kinematic.scores()}
         reasons = [f"unsafe demonstration: {v}" for v in kinematic.violations]
