@@ -1,14 +1,18 @@
 """Asking a server just discovered: lost answers asked for again, extra goals canceled.
 
-Also the task slot, the server's half: one goal admitted at a time, a claim never held lapses.
+Also the task slot, the server's half: one goal admitted at a time, a claim never held lapses;
+and the Stretch backend's mode and stop services, which are asked again the same way.
 """
 
 import threading
 import time
 
 import pytest
+from std_srvs.srv import Trigger
 
+from failrecov_ros.ros.backends import TRIGGER_ATTEMPTS, StretchBackend
 from failrecov_ros.ros.requests import TaskSlot, first_answer
+from failrecov_ros.skills.runner import MotionStatus
 
 
 class Future:
@@ -219,3 +223,34 @@ def test_the_task_slot_lets_one_of_many_racing_claims_win():
     for thread in threads:
         thread.join()
     assert sorted(wins) == [False] * 7 + [True]
+
+
+class TriggerClient:
+    """A std_srvs/Trigger client whose first ``lost`` requests get no answer."""
+
+    def __init__(self, lost):
+        self.server = Server(lost)
+
+    def wait_for_service(self, timeout_sec):
+        return True
+
+    def call_async(self, request):
+        future = self.server.send()
+        future.result = lambda: Trigger.Response(success=True, message="ok")
+        return future
+
+
+def test_the_stretch_mode_switch_is_sent_again_when_its_answer_is_lost():
+    # The Stretch's first switch_to_trajectory_mode after discovery went unanswered in CI.
+    client = TriggerClient(lost=1)
+    outcome = StretchBackend._trigger(None, client, "switch_to_trajectory_mode", 0.3)
+    assert outcome.ok, outcome
+    assert len(client.server.sent) == 2
+
+
+def test_a_mode_switch_never_answered_times_out_after_every_send():
+    client = TriggerClient(lost=99)
+    outcome = StretchBackend._trigger(None, client, "switch_to_trajectory_mode", 0.15)
+    assert outcome.status == MotionStatus.TIMED_OUT
+    assert "did not answer 3 requests" in outcome.message
+    assert len(client.server.sent) == TRIGGER_ATTEMPTS

@@ -30,10 +30,14 @@ from failrecov_ros.core.trajectory import ResultCode as TrajectoryCode
 from failrecov_ros.robots import fr3, stretch
 from failrecov_ros.ros.conversions import joint_trajectory_msg, s_to_duration
 from failrecov_ros.ros.qos import sensor_qos
+from failrecov_ros.ros.requests import first_answer
 from failrecov_ros.skills.motion import JointPath
 from failrecov_ros.skills.runner import SUCCEEDED, GripperGoal, MotionStatus, Outcome
 from failrecov_ros.skills.settings import ControllerSettings, Fr3Settings, StretchSettings
 from failrecov_ros.skills.steps import GRASP, OPEN
+
+#: Sends of a mode or stop request within its timeout (each gets a third).
+TRIGGER_ATTEMPTS = 3
 
 
 class ActionMotion:
@@ -314,14 +318,21 @@ class StretchBackend(_Backend):
         self.gripper_time = settings.gripper_time_s
 
     def _trigger(self, client, name: str, timeout: float) -> Outcome:
+        """Call a mode or stop service, sent again when the answer is lost to discovery.
+
+        Both are safe to repeat (a mode switch or a stop twice is one), and a just-discovered
+        server may drop its first response (:mod:`failrecov_ros.ros.requests`): in CI the
+        Stretch's first ``switch_to_trajectory_mode`` went unanswered for its whole 10 s.
+        """
         if not client.wait_for_service(timeout_sec=timeout):
             return Outcome(MotionStatus.UNAVAILABLE, f"service {name} not available after "
                                                      f"{timeout:.0f} s")
-        done = threading.Event()
-        future = client.call_async(Trigger.Request())
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
-            return Outcome(MotionStatus.TIMED_OUT, f"service {name} did not answer")
+        future = first_answer(lambda: client.call_async(Trigger.Request()),
+                              timeout / TRIGGER_ATTEMPTS, TRIGGER_ATTEMPTS)
+        if future is None:
+            return Outcome(MotionStatus.TIMED_OUT, f"service {name} did not answer "
+                                                   f"{TRIGGER_ATTEMPTS} requests in "
+                                                   f"{timeout:.0f} s")
         response = future.result()
         if not response.success:
             return Outcome(MotionStatus.REJECTED, f"{name}: {response.message}")
