@@ -467,19 +467,30 @@ def test_a_flood_of_policy_commands_drops_the_excess_and_the_task_goes_on(sim):
                           for k, v in (("max_steps", "0"), ("idle_timeout", "3"))])
     handle = sim.send(ExecuteTask.Goal(task_name="vla", episode_id="ep", skills=[policy]))
     sim.wait_status(lambda s: s.skill == "policy" and s.event == "skill_start", 60)
-    # Ten times the queue (policy_history 32) within about one motion's duration (>= 0.3 s),
-    # 2 mm up or down each. No step limit: the phase ends 3 s after the last command it runs.
-    for i in range(10 * 32):
-        sim.policy_pub.publish(Float64MultiArray(
-            data=[0.0, 0.0, 0.002 if i % 2 == 0 else -0.002, 0.0, 0.0, 0.0, 0.0]))
-        time.sleep(0.001)
+    # Bursts of the queue's size (policy_history 32), 1 ms apart, 2 mm up or down each, until
+    # the executor says it dropped one: how many reach it within one motion (>= 0.3 s) depends
+    # on how busy the machine is (its subscription keeps only the last 10 it has not taken),
+    # and a fixed count once overflowed nothing in a CI run. No step limit: the phase ends 3 s
+    # after the last command it runs.
+    def overflowed():
+        return any("faster than they execute" in m for m in warnings)
+
+    deadline = time.monotonic() + 30.0
+    sent = 0
+    while not overflowed() and time.monotonic() < deadline:
+        for _ in range(32):
+            sim.policy_pub.publish(Float64MultiArray(
+                data=[0.0, 0.0, 0.002 if sent % 2 == 0 else -0.002, 0.0, 0.0, 0.0, 0.0]))
+            sent += 1
+            time.sleep(0.001)
+        wait_until(overflowed, 0.2)
+    # The queue did overflow: the warning that used to kill the executor was logged ...
+    assert overflowed(), f"no overflow warning on /rosout after {sent} commands"
+    # ... and the task went on to its end.
     result = wait_future(handle.get_result_async(), TIMEOUT)
     assert result.status == GoalStatus.STATUS_SUCCEEDED, result.result.error_string
     # The final status and the result come on separate topics: either may come first.
     sim.wait_status(lambda s: s.state == SkillStatus.STATE_SUCCEEDED, 10)
-    # The queue did overflow: the warning that used to kill the executor was logged.
-    assert wait_until(lambda: any("faster than they execute" in m for m in warnings), 10), (
-        f"no overflow warning on /rosout; warnings: {warnings[-5:]}")
 
 
 def test_a_path_tolerance_abort_is_recovered_and_reported(sim, context):
