@@ -243,14 +243,14 @@ class TriggerClient:
 def test_the_stretch_mode_switch_is_sent_again_when_its_answer_is_lost():
     # The Stretch's first switch_to_trajectory_mode after discovery went unanswered in CI.
     client = TriggerClient(lost=1)
-    outcome = StretchBackend._trigger(None, client, "switch_to_trajectory_mode", 0.3)
+    outcome = StretchBackend._trigger(client, "switch_to_trajectory_mode", 0.3)
     assert outcome.ok, outcome
     assert len(client.server.sent) == 2
 
 
 def test_a_mode_switch_never_answered_times_out_after_every_send():
     client = TriggerClient(lost=99)
-    outcome = StretchBackend._trigger(None, client, "switch_to_trajectory_mode", 0.15)
+    outcome = StretchBackend._trigger(client, "switch_to_trajectory_mode", 0.15)
     assert outcome.status == MotionStatus.TIMED_OUT
     assert "did not answer 3 requests" in outcome.message
     assert len(client.server.sent) == TRIGGER_ATTEMPTS

@@ -317,7 +317,8 @@ class StretchBackend(_Backend):
         self.stop_client = node.create_client(Trigger, self.stop_name, callback_group=group)
         self.gripper_time = settings.gripper_time_s
 
-    def _trigger(self, client, name: str, timeout: float) -> Outcome:
+    @staticmethod
+    def _trigger(client, name: str, timeout: float) -> Outcome:
         """Call a mode or stop service, sent again when the answer is lost to discovery.
 
         Both are safe to repeat (a mode switch or a stop twice is one), and a just-discovered
