@@ -468,10 +468,10 @@ def test_a_flood_of_policy_commands_drops_the_excess_and_the_task_goes_on(sim):
     handle = sim.send(ExecuteTask.Goal(task_name="vla", episode_id="ep", skills=[policy]))
     sim.wait_status(lambda s: s.skill == "policy" and s.event == "skill_start", 60)
     # Bursts of the queue's size (policy_history 32), 1 ms apart, 2 mm up or down each, until
-    # the executor says it dropped one: how many reach it within one motion (>= 0.3 s) depends
-    # on how busy the machine is (its subscription keeps only the last 10 it has not taken),
-    # and a fixed count once overflowed nothing in a CI run. No step limit: the phase ends 3 s
-    # after the last command it runs.
+    # the executor says it dropped one. A fixed 320 once drew no warning in a CI run: how many
+    # commands reach the executor within one motion (>= 0.3 s) depends on how busy the machine
+    # is (likely cause: its subscription keeps only the last 10 it has not taken). No step
+    # limit: the phase ends 3 s after the last command it runs.
     def overflowed():
         return any("faster than they execute" in m for m in warnings)
 
